@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="diffusers-mpdit",
+    version="0.1.0",
+    description="MPDiT (Dao and Metaxas, CVPR 2026), a multi-patch global-to-local diffusion transformer, for diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    python_requires=">=3.10",
+    # torch is a requirement, but install it first yourself: a bare `torch` from PyPI is a multi-GB CUDA build.
+    install_requires=[
+        "torch>=2.5",
+        "diffusers>=0.42.1,<0.43",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.34",
+        "numpy>=1.24",
+        "Pillow>=9.0",
+    ],
+    extras_require={
+        "train": ["datasets>=3.0", "tensorboard>=2.14", "tqdm>=4.60"],
+        "demo": ["gradio>=5.0"],
+        "xformers": ["xformers>=0.0.28"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,443 @@
+"""MPDiT: a multi-patch, global-to-local diffusion transformer (Dao and Metaxas, CVPR 2026).
+
+The data path, front to back: patch-embed the input at the coarsest patch size and prepend class tokens; run the
+global level's blocks; for each finer level, upsample the tokens, add a skip embedding of the input at that level's
+patch size, and run that level's blocks; then the final layer and unpatchify. All blocks and the final layer share one
+adaLN modulation computed from the FNO time embedding.
+
+This module path is recorded in every saved pipeline's `model_index.json`: never move the class.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.embeddings import PatchEmbed
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.torch_utils import maybe_allow_in_graph
+from torch import nn
+
+from .attention_mpdit import MPDiTAttention
+from .embeddings import (
+    ClassTokenEmbedding,
+    FNOTimestepEmbedding,
+    MLPTimestepEmbedding,
+    get_2d_sincos_pos_embed_grid,
+)
+from .presets import get_preset
+
+TIME_EMBEDDING_TYPES = ("fno", "mlp")
+
+
+def _layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+
+def _modulate(hidden_states: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return hidden_states * (1 + scale) + shift
+
+
+@maybe_allow_in_graph
+class MPDiTBlock(nn.Module):
+    """A transformer block that owns no modulation weights: shift, scale and gate come from the shared modulation.
+
+    Args:
+        dim (`int`): Token width.
+        num_attention_heads (`int`): Attention heads.
+        mlp_ratio (`float`, defaults to 4.0): Hidden width of the MLP relative to `dim`.
+    """
+
+    def __init__(self, dim: int, num_attention_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = _layer_norm(dim)
+        self.attn = MPDiTAttention(dim, num_attention_heads)
+        self.norm2 = _layer_norm(dim)
+        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), activation_fn="gelu-approximate")
+
+    def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unbind(1)
+        hidden_states = hidden_states + gate_msa * self.attn(
+            _modulate(self.norm1(hidden_states), shift_msa, scale_msa)
+        )
+        return hidden_states + gate_mlp * self.ff(_modulate(self.norm2(hidden_states), shift_mlp, scale_mlp))
+
+
+class MPDiTUpsampler(nn.Module):
+    """Moves the tokens to a grid `factor` times finer per side.
+
+    Each image token is projected to `factor**2` tokens placed by a pixel shuffle (channels read as
+    (channel, row offset, column offset)), followed by a tanh-GELU; then all tokens, class tokens included, go through
+    a LayerNorm and a refine Linear.
+
+    Args:
+        dim (`int`): Token width.
+        factor (`int`): Upsampling factor per side.
+    """
+
+    def __init__(self, dim: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(dim, dim * factor * factor)
+        self.norm = _layer_norm(dim)
+        self.refine = nn.Linear(dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor, num_prefix_tokens: int, height: int, width: int) -> torch.Tensor:
+        prefix, spatial = hidden_states[:, :num_prefix_tokens], hidden_states[:, num_prefix_tokens:]
+        f = self.factor
+        spatial = self.proj(spatial).unflatten(-1, (-1, f, f)).unflatten(1, (height, width))  # (B, h, w, D, i, j)
+        spatial = spatial.permute(0, 1, 4, 2, 5, 3).reshape(spatial.shape[0], height * f * width * f, -1)
+        spatial = F.gelu(spatial, approximate="tanh")
+        return self.refine(self.norm(torch.cat([prefix, spatial], dim=1)))
+
+
+class MPDiTSkipEmbedding(nn.Module):
+    """Embeds the original input at a finer level's patch size, to be added to the upsampled tokens.
+
+    Args:
+        in_channels (`int`): Input channels.
+        dim (`int`): Token width.
+        patch_size (`int`): The level's patch size.
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int):
+        super().__init__()
+        self.patch_embed = _patch_embed(in_channels, dim, patch_size)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.patch_embed(sample))
+
+
+class MPDiTFinalLayer(nn.Module):
+    """LayerNorm, modulation by the shared MLP shift and scale (no adaLN of its own), and a Linear to patch pixels.
+
+    Args:
+        dim (`int`): Token width.
+        patch_size (`int`): The finest patch size.
+        out_channels (`int`): Output channels.
+    """
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = _layer_norm(dim)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+
+    def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        return self.linear(_modulate(self.norm(hidden_states), modulation[:, 3], modulation[:, 4]))
+
+
+def _patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
+    # Positions are added by the model for the actual grid, so the embedding itself carries none.
+    return PatchEmbed(
+        height=patch_size,
+        width=patch_size,
+        patch_size=patch_size,
+        in_channels=in_channels,
+        embed_dim=dim,
+        pos_embed_type=None,
+    )
+
+
+class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
+    """MPDiT, a class-conditional flow-matching transformer that runs on a hierarchy of patch sizes.
+
+    The hierarchy is a list of levels, coarse to fine: level `i` runs `depths[i]` blocks on a grid of
+    `patch_sizes[i]`-pixel patches. The official two-level models use `patch_sizes=(4, 2)`, the three-level ones
+    `(8, 4, 2)`; a single level is an isotropic DiT/SiT with MPDiT's embeddings.
+
+    Args:
+        sample_size (`int`, defaults to 32): Training resolution of the input (latent) grid; also the pipeline default.
+            Any height and width divisible by `patch_sizes[0]` work.
+        in_channels (`int`, defaults to 4): Input channels.
+        out_channels (`int`, *optional*): Output channels; defaults to `in_channels`. Twice `in_channels` gives the
+            official "joint" variant.
+        patch_sizes (`tuple[int, ...]`, defaults to `(4, 2)`): Patch size of each level, coarse to fine; each must be a
+            multiple of the next.
+        depths (`tuple[int, ...]`, defaults to `(22, 6)`): Blocks per level.
+        num_attention_heads (`int`, defaults to 16): Attention heads.
+        attention_head_dim (`int`, defaults to 72): Channels per head; the hidden size is the product of the two.
+        mlp_ratio (`float`, defaults to 4.0): MLP hidden width relative to the hidden size.
+        num_classes (`int`, defaults to 1000): Number of classes; id `num_classes` is the null class. 0 makes an
+            unconditional model without class tokens.
+        num_class_tokens (`int`, defaults to 16): Tokens per class label.
+        time_embedding_type (`str`, defaults to `"fno"`): `"fno"` (the paper's) or `"mlp"` (DiT's).
+        fno_width (`int`, defaults to 32): Channels of the FNO time embedding.
+        fno_modes (`int`, defaults to 16): Frequencies kept by each FNO layer.
+        fno_grid_size (`int`, defaults to 32): Points of the FNO's input signal.
+        skip_connections (`bool`, defaults to `True`): Add a patch embedding of the input at every finer level.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["MPDiTBlock"]
+    _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
+    _repeated_blocks = ["MPDiTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        patch_sizes: tuple[int, ...] = (4, 2),
+        depths: tuple[int, ...] = (22, 6),
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 72,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        num_class_tokens: int = 16,
+        time_embedding_type: str = "fno",
+        fno_width: int = 32,
+        fno_modes: int = 16,
+        fno_grid_size: int = 32,
+        skip_connections: bool = True,
+    ):
+        super().__init__()
+        _validate_config(
+            patch_sizes, depths, num_attention_heads * attention_head_dim, num_classes, num_class_tokens,
+            time_embedding_type,
+        )  # fmt: skip
+        dim = num_attention_heads * attention_head_dim
+        out_channels = out_channels or in_channels
+        self.gradient_checkpointing = False
+
+        self.patch_embed = _patch_embed(in_channels, dim, patch_sizes[0])
+        if time_embedding_type == "fno":
+            self.time_embed = FNOTimestepEmbedding(dim, fno_width, fno_modes, fno_grid_size)
+        else:
+            self.time_embed = MLPTimestepEmbedding(dim)
+        self.class_embed = ClassTokenEmbedding(num_classes, num_class_tokens, dim) if num_classes > 0 else None
+        # The paper's "shared AdaIN": one modulation for every block of every level and for the final layer.
+        self.shared_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+        # Blocks of all levels sit in one flat list, so block-level group offloading and `device_map` see each block.
+        self.transformer_blocks = nn.ModuleList(
+            [MPDiTBlock(dim, num_attention_heads, mlp_ratio) for _ in range(sum(depths))]
+        )
+        self.upsamplers = nn.ModuleList(
+            [MPDiTUpsampler(dim, coarse // fine) for coarse, fine in zip(patch_sizes[:-1], patch_sizes[1:])]
+        )
+        self.skip_embeds = nn.ModuleList(
+            [MPDiTSkipEmbedding(in_channels, dim, p) for p in patch_sizes[1:]] if skip_connections else []
+        )
+        self.final_layer = MPDiTFinalLayer(dim, patch_sizes[-1], out_channels)
+
+        self._pos_embed_cache: dict[tuple, torch.Tensor] = {}
+        self.initialize_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> MPDiTTransformer2DModel:
+        """Builds a freshly initialised model from an official configuration name.
+
+        Args:
+            name (`str`): `"MPDiT-B/4x"`, `"MPDiT-L/4x"`, `"MPDiT-XL/4x"`, `"MPDiTv2-B"`, `"MPDiTv2-L"`, `"MPDiTv2-XL"`
+                or `"MPDiT-tiny"`.
+            **overrides: Config values that replace the preset's (e.g. `num_classes=10`, `in_channels=1`).
+        """
+        return cls(**{**get_preset(name), **overrides})
+
+    def initialize_weights(self) -> None:
+        """The official initialisation: Xavier-uniform Linears and patch convs with zero biases, N(0, 0.02) class
+        table and MLP time embedding, zero shared modulation and final Linear, standard-normal spectral weights."""
+
+        def basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(basic_init)
+        for block in self.transformer_blocks:
+            # The official fused qkv Linear is (3D, D): draw it as one Xavier matrix, so the fan-out is 3D.
+            attn = block.attn
+            qkv = torch.empty(3 * attn.inner_dim, attn.inner_dim, device=attn.to_q.weight.device)
+            nn.init.xavier_uniform_(qkv)
+            for linear, chunk in zip((attn.to_q, attn.to_k, attn.to_v), qkv.chunk(3)):
+                with torch.no_grad():
+                    linear.weight.copy_(chunk)
+        for embed in [self.patch_embed] + [skip.patch_embed for skip in self.skip_embeds]:
+            nn.init.xavier_uniform_(embed.proj.weight.view(embed.proj.weight.shape[0], -1))
+            nn.init.zeros_(embed.proj.bias)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.embedding_table.weight, std=0.02)
+        if isinstance(self.time_embed, MLPTimestepEmbedding):
+            nn.init.normal_(self.time_embed.timestep_embedder.linear_1.weight, std=0.02)
+            nn.init.normal_(self.time_embed.timestep_embedder.linear_2.weight, std=0.02)
+        else:
+            for spectral in self.time_embed.spectral_convs:
+                nn.init.normal_(spectral.weight_real)
+                nn.init.normal_(spectral.weight_imag)
+        for linear in (self.shared_modulation[1], self.final_layer.linear):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    @property
+    def hidden_size(self) -> int:
+        """Token width, `num_attention_heads * attention_head_dim`."""
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    @property
+    def null_class_id(self) -> int | None:
+        """The class id used for unconditional predictions, or None for an unconditional model."""
+        return self.config.num_classes if self.config.num_classes > 0 else None
+
+    def _pos_embed(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the table is traced as constant work, keeping guards free of the cache.
+            return get_2d_sincos_pos_embed_grid(self.hidden_size, height, width, device).to(dtype)
+        key = (height, width, device, dtype)
+        if key not in self._pos_embed_cache:
+            table = get_2d_sincos_pos_embed_grid(self.hidden_size, height, width)
+            self._pos_embed_cache[key] = table.to(device=device, dtype=dtype)
+        return self._pos_embed_cache[key]
+
+    def _level_blocks(self) -> list[nn.ModuleList]:
+        ends = list(accumulate(self.config.depths))
+        return [self.transformer_blocks[end - depth : end] for end, depth in zip(ends, self.config.depths)]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | int | None = None,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """Predicts the flow velocity `noise - data`.
+
+        Args:
+            hidden_states (`torch.Tensor`): Noisy input of shape `(batch, in_channels, height, width)`; height and
+                width must be multiples of `patch_sizes[0]`.
+            timestep (`torch.Tensor` or `float`): Flow time t in [0, 1], 1 being pure noise; shape `(batch,)` or a
+                scalar. Schedulers' timesteps must be divided by their `num_train_timesteps` first.
+            class_labels (`torch.Tensor` or `int`, *optional*): Class ids in `[0, num_classes]`, shape `(batch,)` or a
+                scalar; `num_classes` is the null class. None means the null class (unconditional).
+            return_dict (`bool`, defaults to `True`): Return a [`Transformer2DModelOutput`] instead of a tuple.
+
+        Returns:
+            [`Transformer2DModelOutput`] or `tuple`: the velocity, shape `(batch, out_channels, height, width)`.
+        """
+        timestep, class_labels = self._check_inputs(hidden_states, timestep, class_labels)
+        sample = hidden_states
+        batch_size, _, height, width = sample.shape
+        dim = self.hidden_size
+
+        # Embed: time -> shared modulation; coarsest patches + positions; class tokens in front.
+        temb = self.time_embed(timestep)
+        modulation = self.shared_modulation(temb).unflatten(-1, (6, 1, dim))  # (B, 6, 1, D)
+        hidden_states = self.patch_embed(sample)
+        grid_h, grid_w = height // self.config.patch_sizes[0], width // self.config.patch_sizes[0]
+        hidden_states = hidden_states + self._pos_embed(grid_h, grid_w, hidden_states.device, hidden_states.dtype)
+        num_prefix_tokens = 0
+        if self.class_embed is not None:
+            class_tokens = self.class_embed(class_labels)
+            num_prefix_tokens = class_tokens.shape[1]
+            hidden_states = torch.cat([class_tokens, hidden_states], dim=1)
+
+        # Levels, coarse to fine; every finer level starts with the upsampler and the skip embedding.
+        for level, blocks in enumerate(self._level_blocks()):
+            if level > 0:
+                hidden_states = self.upsamplers[level - 1](hidden_states, num_prefix_tokens, grid_h, grid_w)
+                grid_h, grid_w = height // self.config.patch_sizes[level], width // self.config.patch_sizes[level]
+                prefix, spatial = hidden_states[:, :num_prefix_tokens], hidden_states[:, num_prefix_tokens:]
+                if len(self.skip_embeds) > 0:
+                    spatial = spatial + self.skip_embeds[level - 1](sample)
+                spatial = spatial + self._pos_embed(grid_h, grid_w, spatial.device, spatial.dtype)
+                hidden_states = torch.cat([prefix, spatial], dim=1)
+            for block in blocks:
+                if torch.is_grad_enabled() and self.gradient_checkpointing:
+                    hidden_states = self._gradient_checkpointing_func(block, hidden_states, modulation)
+                else:
+                    hidden_states = block(hidden_states, modulation)
+
+        # Output: final layer on image tokens, then unpatchify (token (h, w) channels read as (p, q, c)).
+        hidden_states = self.final_layer(hidden_states[:, num_prefix_tokens:], modulation)
+        p = self.config.patch_sizes[-1]
+        output = hidden_states.reshape(batch_size, grid_h, grid_w, p, p, -1)
+        output = output.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, -1, grid_h * p, grid_w * p)
+
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
+
+    def _check_inputs(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, class_labels: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        config = self.config
+        if hidden_states.ndim != 4 or hidden_states.shape[1] != config.in_channels:
+            raise ValueError(
+                f"`hidden_states` must have shape (batch, {config.in_channels}, height, width), "
+                f"got {tuple(hidden_states.shape)}."
+            )
+        batch_size, _, height, width = hidden_states.shape
+        coarsest = config.patch_sizes[0]
+        if height % coarsest or width % coarsest:
+            raise ValueError(
+                f"`hidden_states` height and width must be multiples of the coarsest patch size {coarsest}, "
+                f"got {height}x{width}."
+            )
+
+        timestep = torch.as_tensor(timestep, device=hidden_states.device)
+        if not timestep.is_floating_point():
+            timestep = timestep.float()
+        timestep = _expand_to_batch(timestep, batch_size, "timestep")
+
+        if config.num_classes == 0:
+            if class_labels is not None:
+                raise ValueError("`class_labels` must be None: this model is unconditional (num_classes=0).")
+            return timestep, None
+        if class_labels is None:
+            class_labels = config.num_classes
+        class_labels = torch.as_tensor(class_labels, device=hidden_states.device)
+        if class_labels.is_floating_point() or class_labels.is_complex():
+            raise ValueError(f"`class_labels` must hold integer class ids, got dtype {class_labels.dtype}.")
+        class_labels = _expand_to_batch(class_labels.long(), batch_size, "class_labels")
+        # Out-of-range ids would be a silent device assert on CUDA; the check costs a sync, so skip it when compiled.
+        if not torch.compiler.is_compiling() and ((class_labels < 0) | (class_labels > config.num_classes)).any():
+            raise ValueError(
+                f"`class_labels` must be in [0, {config.num_classes}] ({config.num_classes} is the null class), "
+                f"got {class_labels.tolist()}."
+            )
+        return timestep, class_labels
+
+
+def _expand_to_batch(values: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:
+    if values.ndim == 0 or (values.ndim == 1 and values.shape[0] == 1):
+        return values.reshape(1).expand(batch_size)
+    if values.ndim == 1 and values.shape[0] == batch_size:
+        return values
+    raise ValueError(
+        f"`{name}` must be a scalar or have shape ({batch_size},) to match the batch, got {tuple(values.shape)}."
+    )
+
+
+def _validate_config(
+    patch_sizes, depths, hidden_size: int, num_classes: int, num_class_tokens: int, time_embedding_type: str
+) -> None:
+    if len(patch_sizes) == 0 or len(patch_sizes) != len(depths):
+        raise ValueError(
+            f"`patch_sizes` and `depths` must be non-empty and of equal length (one entry per level), "
+            f"got {tuple(patch_sizes)} and {tuple(depths)}."
+        )
+    if any(p < 1 for p in patch_sizes) or any(c % f or c <= f for c, f in zip(patch_sizes[:-1], patch_sizes[1:])):
+        raise ValueError(
+            f"`patch_sizes` must be positive and each a larger multiple of the next (coarse to fine), "
+            f"got {tuple(patch_sizes)}."
+        )
+    if any(d < 1 for d in depths):
+        raise ValueError(f"`depths` must all be at least 1, got {tuple(depths)}.")
+    if hidden_size % 4:
+        raise ValueError(
+            f"The hidden size (num_attention_heads * attention_head_dim = {hidden_size}) must be divisible by 4 "
+            "for the 2-D sin-cos position table."
+        )
+    if time_embedding_type not in TIME_EMBEDDING_TYPES:
+        raise ValueError(f"`time_embedding_type` must be one of {TIME_EMBEDDING_TYPES}, got {time_embedding_type!r}.")
+    if num_classes < 0:
+        raise ValueError(f"`num_classes` must be >= 0 (0 for an unconditional model), got {num_classes}.")
+    if num_classes > 0 and num_class_tokens < 1:
+        raise ValueError(f"`num_class_tokens` must be >= 1 for a class-conditional model, got {num_class_tokens}.")
