@@ -89,9 +89,7 @@ class MPDiTUpsampler(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, num_prefix_tokens: int, height: int, width: int) -> torch.Tensor:
         prefix, spatial = hidden_states[:, :num_prefix_tokens], hidden_states[:, num_prefix_tokens:]
-        f = self.factor
-        spatial = self.proj(spatial).unflatten(-1, (-1, f, f)).unflatten(1, (height, width))  # (B, h, w, D, i, j)
-        spatial = spatial.permute(0, 1, 4, 2, 5, 3).reshape(spatial.shape[0], height * f * width * f, -1)
+        spatial = shuffle_tokens(self.proj(spatial), height, width, self.factor)
         spatial = F.gelu(spatial, approximate="tanh")
         return self.refine(self.norm(torch.cat([prefix, spatial], dim=1)))
 
@@ -130,6 +128,24 @@ class MPDiTFinalLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
         return self.linear(_modulate(self.norm(hidden_states), modulation[:, 3], modulation[:, 4]))
+
+
+def shuffle_tokens(tokens: torch.Tensor, height: int, width: int, factor: int) -> torch.Tensor:
+    """Pixel shuffle on a token grid: `(B, h*w, D*f*f)` -> `(B, (h*f)*(w*f), D)`, row-major on both sides.
+
+    Channel `(c, i, j)` of token `(y, x)` (channels read as `(D, f, f)`) becomes channel `c` of token
+    `(y*f + i, x*f + j)`, as `torch.nn.functional.pixel_shuffle` does on a feature map.
+    """
+    batch_size = tokens.shape[0]
+    tokens = tokens.unflatten(-1, (-1, factor, factor)).unflatten(1, (height, width))  # (B, h, w, D, i, j)
+    return tokens.permute(0, 1, 4, 2, 5, 3).reshape(batch_size, height * factor * width * factor, -1)
+
+
+def unpatchify(tokens: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """`(B, h*w, p*p*C)` -> `(B, C, h*p, w*p)`: channel `(p', q', c)` of token `(y, x)` is pixel `(c, y*p + p', x*p + q')`."""
+    batch_size = tokens.shape[0]
+    tokens = tokens.reshape(batch_size, height, width, patch_size, patch_size, -1)
+    return tokens.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, -1, height * patch_size, width * patch_size)
 
 
 def _patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
@@ -323,7 +339,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
         """
         timestep, class_labels = self._check_inputs(hidden_states, timestep, class_labels)
         sample = hidden_states
-        batch_size, _, height, width = sample.shape
+        height, width = sample.shape[-2:]
         dim = self.hidden_size
 
         # Embed: time -> shared modulation; coarsest patches + positions; class tokens in front.
@@ -356,9 +372,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
 
         # Output: final layer on image tokens, then unpatchify (token (h, w) channels read as (p, q, c)).
         hidden_states = self.final_layer(hidden_states[:, num_prefix_tokens:], modulation)
-        p = self.config.patch_sizes[-1]
-        output = hidden_states.reshape(batch_size, grid_h, grid_w, p, p, -1)
-        output = output.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, -1, grid_h * p, grid_w * p)
+        output = unpatchify(hidden_states, grid_h, grid_w, self.config.patch_sizes[-1])
 
         if not return_dict:
             return (output,)

@@ -1,0 +1,157 @@
+"""The official-checkpoint converter: config inference, safety, errors, the command line."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from official_reference import OfficialMPDiT, randomize_
+
+from diffusers_mpdit import MPDiTTransformer2DModel
+from diffusers_mpdit.convert import (
+    ConversionError,
+    convert_checkpoint,
+    infer_config,
+    load_official_state_dict,
+    official_to_diffusers,
+    strip_prefixes,
+)
+
+
+def official_checkpoint(path, seed=0, compiled=False, **kwargs):
+    torch.manual_seed(seed)
+    ema = randomize_(OfficialMPDiT(**kwargs), seed).state_dict()
+    model = randomize_(OfficialMPDiT(**kwargs), seed + 1).state_dict()
+    if compiled:
+        ema = {f"_orig_mod.{k}": v for k, v in ema.items()}
+    args = argparse.Namespace(model="MPDiT-XL/4x", lr=2e-4, results_dir="results")
+    torch.save({"model": model, "ema": ema, "opt": {"state": {}}, "args": args}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (
+            {},
+            {"patch_sizes": [4, 2], "depths": [2, 1], "time_embedding_type": "fno", "skip_connections": True},
+        ),
+        (
+            {"levels": 3, "depths": (3, 2, 1), "hidden_size": 48},
+            {"patch_sizes": [8, 4, 2], "depths": [3, 2, 1], "num_attention_heads": 16, "attention_head_dim": 3},
+        ),
+        (
+            {"time_embed": "mlp", "skip": False, "joint": True, "num_classes": 7, "class_tokens": 2},
+            {"time_embedding_type": "mlp", "skip_connections": False, "out_channels": 8, "num_classes": 7},
+        ),
+        ({"hidden_size": 768, "depths": (1, 1)}, {"num_attention_heads": 12, "attention_head_dim": 64}),
+        ({"input_size": 64, "in_channels": 3, "fno": (16, 8, 32)}, {"sample_size": 64, "in_channels": 3}),
+    ],
+)
+def test_infer_config_from_shapes(kwargs, expected):
+    torch.manual_seed(0)
+    config = infer_config(OfficialMPDiT(**kwargs).state_dict())
+    for key, value in expected.items():
+        assert config[key] == value, key
+    if kwargs.get("class_tokens"):
+        assert config["num_class_tokens"] == kwargs["class_tokens"]
+    if kwargs.get("fno"):
+        assert (config["fno_width"], config["fno_modes"]) == kwargs["fno"][:2]
+
+
+def test_convert_checkpoint_writes_safetensors_and_reproduces_reference(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "official.pt", compiled=True)
+    out = tmp_path / "converted"
+    convert_checkpoint(ckpt, out, num_attention_heads=4)
+    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left behind
+
+    model = MPDiTTransformer2DModel.from_pretrained(out)
+    reference = OfficialMPDiT()
+    reference.load_state_dict(strip_prefixes(torch.load(ckpt, weights_only=False)["ema"]))
+    x, t, y = torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([3, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, reference.eval()(x, t, y), rtol=0, atol=2e-6)
+
+
+def test_weights_choice_picks_model_or_ema(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "official.pt")
+    saved = torch.load(ckpt, weights_only=False)
+    for which in ("ema", "model"):
+        loaded = load_official_state_dict(ckpt, which)
+        assert torch.equal(loaded["x_embedder.proj.weight"], saved[which]["x_embedder.proj.weight"])
+    with pytest.raises(ValueError, match="`weights` must be one of"):
+        load_official_state_dict(ckpt, "opt")
+
+
+def test_checkpoint_is_loaded_with_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"ema": {}, "args": Evil()}, path)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+        load_official_state_dict(path)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    state = OfficialMPDiT().state_dict()
+    del state["upsample_blocks.0.mlp.fc2.bias"]
+    state["upsampler.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ConversionError) as info:
+        official_to_diffusers(state)
+    message = str(info.value)
+    assert "missing keys (1): ['upsample_blocks.0.mlp.fc2.bias']" in message
+    assert "unexpected keys (1): ['upsampler.extra.weight']" in message
+
+
+def test_not_an_mpdit_checkpoint_is_a_clear_error():
+    with pytest.raises(ConversionError, match="missing key 'x_embedder.proj.weight'"):
+        official_to_diffusers({"foo": torch.zeros(1)})
+    state = OfficialMPDiT().state_dict()
+    state["pos_embed"] = state["pos_embed"] + 1
+    with pytest.raises(ConversionError, match="`pos_embed` is not the standard 2-D sin-cos table"):
+        official_to_diffusers(state)
+
+
+def test_heads_override_and_invalid_heads():
+    state = OfficialMPDiT(hidden_size=64).state_dict()
+    assert infer_config(state, num_attention_heads=8)["attention_head_dim"] == 8
+    with pytest.raises(ConversionError, match="--num-heads"):
+        infer_config(state, num_attention_heads=5)
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "official.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        convert_checkpoint(ckpt, out)
+    convert_checkpoint(ckpt, out, overwrite=True)
+    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_command_line(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "official.pt", levels=3, depths=(1, 1, 1))
+    out = tmp_path / "cli"
+    run = subprocess.run(
+        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(out)]
+        + ["--weights", "model", "--num-heads", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "3-level MPDiT" in run.stdout
+    model = MPDiTTransformer2DModel.from_pretrained(out)
+    assert list(model.config.patch_sizes) == [8, 4, 2] and model.config.num_attention_heads == 4
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(tmp_path / "nope.pt"), "--output", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "error: `checkpoint`" in bad.stderr and "Traceback" not in bad.stderr
