@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    include_package_data=True,
+    package_data={"diffusers_mpdit": ["data/*.json"]},
     python_requires=">=3.10",
     # torch is a requirement, but install it first yourself: a bare `torch` from PyPI is a multi-GB CUDA build.
     install_requires=[

@@ -1,0 +1,443 @@
+"""MPDiTPipeline: class-conditional flow-matching sampling with any diffusers flow scheduler.
+
+This module path is recorded in saved pipelines' `model_index.json`: never move the class.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import AutoencoderKL
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.transformer_mpdit import MPDiTTransformer2DModel
+from ..training.latents import denormalize_latents
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+# Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.retrieve_timesteps: every diffusers
+# module that defines it also imports transformers, which MPDiT does not otherwise need.
+def retrieve_timesteps(
+    scheduler: SchedulerMixin,
+    num_inference_steps: int | None = None,
+    device: str | torch.device | None = None,
+    timesteps: list[int] | None = None,
+    sigmas: list[float] | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, int]:
+    """Calls `scheduler.set_timesteps` (with custom `timesteps` or `sigmas` where it accepts them) and returns the
+    timesteps and their count."""
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
+    if timesteps is not None:
+        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
+                f" timestep schedules. Please check whether you are using the correct scheduler."
+            )
+        scheduler.set_timesteps(timesteps=timesteps, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+        num_inference_steps = len(timesteps)
+    elif sigmas is not None:
+        if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
+                f" sigmas schedules. Please check whether you are using the correct scheduler."
+            )
+        scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+        num_inference_steps = len(timesteps)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+    return timesteps, num_inference_steps
+
+
+def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.15) -> float:
+    """Resolution-dependent shift `mu` for schedulers with `use_dynamic_shifting` (as in diffusers' SD3/Flux)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def _flatten(labels: Any) -> list:
+    if isinstance(labels, (str, int, np.integer)) or not isinstance(labels, (Sequence, np.ndarray)):
+        return [labels]
+    return [item for label in labels for item in _flatten(label)]
+
+
+def official_euler_sigmas(num_points: int = 250) -> np.ndarray:
+    """`sigmas=` that make `FlowMatchEulerDiscreteScheduler` (shift 1) run the official ODE sampler exactly.
+
+    The official sampler takes Euler steps over `linspace(1, 0, num_points)`; the scheduler appends the final 0 itself.
+    """
+    return np.linspace(1.0, 0.0, num_points)[:-1]
+
+
+class MPDiTPipeline(DiffusionPipeline):
+    r"""Class-conditional image generation with MPDiT.
+
+    Args:
+        transformer ([`MPDiTTransformer2DModel`]): Predicts the flow velocity `noise - data`.
+        vae ([`AutoencoderKL`], *optional*): Decodes latents; None for a pixel-space model. Latents are normalised with
+            the VAE config: per-channel `latents_mean`/`latents_std` when set, otherwise `shift_factor` and
+            `scaling_factor`.
+        scheduler ([`SchedulerMixin`]): A flow-matching scheduler, [`FlowMatchEulerDiscreteScheduler`] by default;
+            FlowMatchHeun, and UniPC / DPM-Solver with `use_flow_sigmas=True, prediction_type="flow_prediction"`
+            work too.
+        id2label (`dict[int, str]`, *optional*): Class names by id; comma-separated synonyms all resolve to the id.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: MPDiTTransformer2DModel,
+        vae: AutoencoderKL | None,
+        scheduler: SchedulerMixin,
+        id2label: dict | None = None,
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
+        # JSON turns the keys into strings on save; keep ints in memory.
+        self.id2label = {int(k): v for k, v in (id2label or {}).items()}
+        self.register_to_config(id2label=self.id2label or None)
+        self._label_to_ids: dict[str, list[int]] = {}
+        for class_id, names in sorted(self.id2label.items()):
+            for name in (n.strip() for n in names.split(",")):
+                if name and class_id not in self._label_to_ids.setdefault(name, []):
+                    self._label_to_ids[name].append(class_id)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MPDiTPipeline:
+        """Loads from a local folder or a Hub repo id.
+
+        diffusers 0.42 cannot resolve components of a third-party library from a repo id, so a repo id is first
+        downloaded with `huggingface_hub.snapshot_download` (honouring `revision`, `cache_dir`, `token`,
+        `local_files_only`, `force_download` and `proxies`) and then loaded as a folder. Other keyword arguments
+        (`dtype`, `variant`, `device_map`, ...) go to [`DiffusionPipeline.from_pretrained`].
+        """
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            hub_kwargs = {
+                k: kwargs[k] for k in ("revision", "cache_dir", "token", "force_download", "proxies") if k in kwargs
+            }
+            path = snapshot_download(path, local_files_only=kwargs.get("local_files_only", False), **hub_kwargs)
+        return super().from_pretrained(path, **kwargs)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Every class name (each comma-separated synonym) and its id; an ambiguous name maps to its first id."""
+        return {name: ids[0] for name, ids in sorted(self._label_to_ids.items())}
+
+    def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
+        """Maps class names to ids, exactly or, failing that, ignoring case.
+
+        Args:
+            label (`str` or `list[str]`): Class names, any synonym from `id2label`.
+
+        Raises:
+            ValueError: for an unknown name (listing the closest known names) or a name shared by several classes.
+        """
+        labels = [label] if isinstance(label, str) else list(label)
+        return [self._label_id(name) for name in labels]
+
+    def _label_id(self, name: str) -> int:
+        ids = self._label_to_ids.get(name)
+        if ids is None:
+            folded = {k.casefold(): v for k, v in self._label_to_ids.items()}
+            ids = folded.get(name.casefold())
+        if ids is None:
+            if not self._label_to_ids:
+                raise ValueError(
+                    f"`class_labels` got the name {name!r}, but this pipeline has no `id2label`; pass class ids."
+                )
+            close = difflib.get_close_matches(name, list(self._label_to_ids), n=5, cutoff=0.5)
+            hint = f" Closest names: {', '.join(repr(c) for c in close)}." if close else ""
+            raise ValueError(f"`class_labels` got the unknown class name {name!r}.{hint} See `pipe.labels`.")
+        if len(ids) > 1:
+            options = "; ".join(f"{i} ({self.id2label[i]})" for i in ids)
+            raise ValueError(f"`class_labels` name {name!r} is ambiguous: it names classes {options}. Pass the id.")
+        return ids[0]
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1 and self.transformer.config.num_classes > 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def _class_ids(self, class_labels: Any) -> torch.Tensor | None:
+        num_classes = self.transformer.config.num_classes
+        if num_classes == 0:
+            if class_labels is not None:
+                raise ValueError("`class_labels` must be None: the transformer is unconditional (num_classes=0).")
+            return None
+        if class_labels is None:
+            raise ValueError(
+                f"`class_labels` is required: class ids, names, or {num_classes} (the null class) for unconditional "
+                "samples."
+            )
+        if isinstance(class_labels, torch.Tensor):
+            if class_labels.is_floating_point() or class_labels.dtype == torch.bool:
+                raise ValueError(
+                    f"`class_labels` must be class ids (integers) or names, got dtype {class_labels.dtype}."
+                )
+            ids = class_labels.reshape(-1).long().cpu()
+        else:
+            ids = torch.tensor([self._one_class_id(c) for c in _flatten(class_labels)], dtype=torch.long)
+        if ids.numel() == 0:
+            raise ValueError("`class_labels` is empty.")
+        if ((ids < 0) | (ids > num_classes)).any():
+            raise ValueError(
+                f"`class_labels` must be in [0, {num_classes}] ({num_classes} is the null class), got {ids.tolist()}."
+            )
+        return ids
+
+    def _one_class_id(self, label: Any) -> int:
+        if isinstance(label, str):
+            return self._label_id(label)
+        if isinstance(label, (bool, float)) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"`class_labels` must hold class ids (integers) or names, got {label!r}.")
+        return int(label)
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_interval: tuple[float, float] | None,
+        num_images_per_prompt: int,
+        height: int,
+        width: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> None:
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0 (1 disables guidance), got {guidance_scale}.")
+        if guidance_interval is not None:
+            low, high = guidance_interval
+            if not 0 <= low <= high <= 1:
+                raise ValueError(
+                    f"`guidance_interval` must be (low, high) with 0 <= low <= high <= 1 in flow time t, "
+                    f"got {tuple(guidance_interval)}."
+                )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
+        multiple = self.vae_scale_factor * self.transformer.config.patch_sizes[0]
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(
+                f"`height` and `width` must be positive multiples of {multiple} (VAE factor {self.vae_scale_factor} x "
+                f"coarsest patch {self.transformer.config.patch_sizes[0]}), got {height}x{width}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
+            )
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        shape = (
+            batch_size,
+            self.transformer.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but the batch holds {batch_size} images "
+                "(class labels x num_images_per_prompt): pass one generator per image."
+            )
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int] | Sequence[str] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.5,
+        guidance_interval: tuple[float, float] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        sigmas: Sequence[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generates images of the given classes.
+
+        Args:
+            class_labels (`int`, `str`, `list`, or `torch.Tensor`): Class ids, or class names resolved through
+                `id2label`. The null class id (`transformer.config.num_classes`) gives unconditional samples.
+            num_inference_steps (`int`, defaults to 50): Sampling steps (ignored when `sigmas` is given).
+            guidance_scale (`float`, defaults to 1.5): Classifier-free guidance scale
+                `v = v_uncond + s * (v_cond - v_uncond)`; 1 disables it. Read at every step.
+            guidance_interval (`tuple[float, float]`, *optional*): Apply guidance only for flow times t (1 = noise)
+                within `[low, high]`; elsewhere the conditional prediction is used alone, at half the cost.
+            num_images_per_prompt (`int`, defaults to 1): Images per class label.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per image.
+            latents (`torch.Tensor`, *optional*): Initial noise of shape `(batch, C, h, w)`.
+            height (`int`, *optional*): Image height in pixels; defaults to the model's `sample_size` times the VAE
+                factor. Any multiple of the VAE factor times the coarsest patch size works.
+            width (`int`, *optional*): Image width in pixels; same default and rule.
+            sigmas (`list[float]`, *optional*): Custom flow times for schedulers that accept them.
+                `sigmas=official_euler_sigmas(250)` with the default scheduler is the official 250-point Euler sampler.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (model-space latents).
+            return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): Called as `fn(pipe, step, timestep, callback_kwargs)` after
+                each scheduler step; may return replacements for the tensors it was given.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors passed to the
+                callback; only `"latents"` is allowed.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the images.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        config = self.transformer.config
+        height = height or config.sample_size * self.vae_scale_factor
+        width = width or config.sample_size * self.vae_scale_factor
+        self.check_inputs(
+            num_inference_steps,
+            guidance_scale,
+            guidance_interval,
+            num_images_per_prompt,
+            height,
+            width,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        class_ids = self._class_ids(class_labels)
+        if class_ids is not None:
+            class_ids = class_ids.repeat_interleave(num_images_per_prompt).to(device)
+            batch_size = class_ids.shape[0]
+            cfg_ids = torch.cat([class_ids, torch.full_like(class_ids, config.num_classes)])
+        else:
+            batch_size = num_images_per_prompt
+        latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
+
+        extra_set_timesteps = {}
+        if getattr(self.scheduler.config, "use_dynamic_shifting", False):
+            finest_tokens = (latents.shape[-2] // config.patch_sizes[-1]) * (
+                latents.shape[-1] // config.patch_sizes[-1]
+            )
+            extra_set_timesteps["mu"] = calculate_shift(finest_tokens)
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler,
+            None if sigmas is not None else num_inference_steps,
+            device,
+            sigmas=sigmas,
+            **extra_set_timesteps,
+        )
+        self._num_timesteps = len(timesteps)
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
+        # Flow time t of each step, on the host once, so that the guidance interval costs no device sync per step.
+        flow_times = (timesteps.float() / self.scheduler.config.num_train_timesteps).tolist()
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
+        scale_model_input = getattr(self.scheduler, "scale_model_input", None)
+        in_channels = config.in_channels
+
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                flow_t = flow_times[i]
+                guided = self.do_classifier_free_guidance and (
+                    guidance_interval is None or guidance_interval[0] <= flow_t <= guidance_interval[1]
+                )
+                model_input = torch.cat([latents, latents]) if guided else latents
+                if scale_model_input is not None:
+                    model_input = scale_model_input(model_input, t)
+                model_t = (t.float() / self.scheduler.config.num_train_timesteps).expand(model_input.shape[0])
+                labels = cfg_ids if guided else class_ids
+                velocity = self.transformer(model_input, model_t, labels, return_dict=False)[0]
+                velocity = velocity[:, :in_channels]  # "joint" models predict extra channels
+                if guided:
+                    cond, uncond = velocity.chunk(2)
+                    velocity = uncond + self.guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                    progress_bar.update()
+
+        if output_type == "latent":
+            image = latents
+        else:
+            image = self.decode_latents(latents)
+            image = self.image_processor.postprocess(image, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model-space latents to images in [-1, 1] (pixel-space models return their samples unchanged)."""
+        if self.vae is None:
+            return latents
+        latents = denormalize_latents(latents, self.vae.config)
+        dtype = self.vae.dtype
+        if dtype == torch.float16 and self.vae.config.force_upcast:
+            self.vae.to(torch.float32)
+            dtype = torch.float32
+        return self.vae.decode(latents.to(dtype), return_dict=False)[0]
+
+
+def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler MPDiT pipelines ship with: Euler, shift 1 (the official sampler's time grid)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
