@@ -30,3 +30,51 @@ def tiny_inputs(batch_size=2, channels=4, height=16, width=16, seed=0):
         "timestep": torch.rand(batch_size, generator=g),
         "class_labels": torch.randint(0, 11, (batch_size,), generator=g),
     }
+
+
+def tiny_vae(latents_mean=(0.5, -0.25, 0.1, 0.0), latents_std=(2.0, 1.5, 0.5, 1.0)):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        latents_mean=latents_mean,
+        latents_std=latents_std,
+        scaling_factor=1.0,
+    ).eval()
+
+
+def tiny_pipeline(with_vae=True, **transformer_overrides):
+    """A tiny latent (or pixel-space) pipeline with live weights and ten named classes."""
+    from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
+
+    torch.manual_seed(0)
+    overrides = {"sample_size": 8, **transformer_overrides}
+    transformer = MPDiTTransformer2DModel.from_preset("MPDiT-tiny", **overrides)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    id2label = {i: name for i, name in enumerate(CLASS_NAMES[: transformer.config.num_classes])}
+    pipe = MPDiTPipeline(transformer.eval(), tiny_vae() if with_vae else None, default_scheduler(), id2label)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+CLASS_NAMES = [
+    "T-shirt, top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker, trainer",
+    "bag",
+    "ankle boot, boot",
+    "trainer",
+]

@@ -2,11 +2,17 @@
 
 __version__ = "0.1.0"
 
+import os
+
 from .models import PRESETS, MPDiTTransformer2DModel
 from .pipelines import MPDiTPipeline, default_scheduler, official_euler_sigmas
 from .training import denormalize_latents, normalize_latents
 
+# Path for `DiffusionPipeline.from_pretrained(path, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)`.
+CUSTOM_PIPELINE = os.path.join(os.path.dirname(__file__), "custom_pipeline.py")
+
 __all__ = [
+    "CUSTOM_PIPELINE",
     "PRESETS",
     "MPDiTPipeline",
     "MPDiTTransformer2DModel",
