@@ -155,3 +155,40 @@ def test_command_line(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "error: `checkpoint`" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_vae_option_assembles_a_complete_pipeline(tmp_path):
+    from conftest import tiny_vae
+
+    from diffusers_mpdit import MPDiTPipeline
+    from diffusers_mpdit.convert import OFFICIAL_LATENTS_MEAN, OFFICIAL_LATENTS_STD
+
+    ckpt = official_checkpoint(tmp_path / "official.pt", num_classes=1000, input_size=16)
+    tiny_vae(latents_mean=None, latents_std=None).save_pretrained(tmp_path / "sd-vae")
+    out = tmp_path / "pipeline"
+    run = subprocess.run(
+        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(out)]
+        + ["--num-heads", "4", "--vae", str(tmp_path / "sd-vae")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert {"model_index.json", "transformer", "vae", "scheduler"} <= set(os.listdir(out))
+    pipe = MPDiTPipeline.from_pretrained(out)
+    assert list(pipe.vae.config.latents_mean) == list(OFFICIAL_LATENTS_MEAN)
+    assert list(pipe.vae.config.latents_std) == list(OFFICIAL_LATENTS_STD) and pipe.vae.config.scaling_factor == 1.0
+    assert len(pipe.id2label) == 1000 and pipe.get_label_ids("golden retriever") == [207]
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 1.0
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(class_labels="golden retriever", num_inference_steps=2).images[0]
+    assert image.size == (32, 32)  # latent 16 x VAE factor 2
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(tmp_path / "x")]
+        + ["--vae", str(tmp_path / "no-such-vae"), "--num-heads", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,10 +1,13 @@
 """Convert official MPDiT checkpoints (GitHub quandao10/MPDiT) to diffusers format, and back.
 
     python -m diffusers_mpdit.convert --checkpoint official.pt --output DIR [--weights ema|model] [--num-heads N]
+                                      [--vae stabilityai/sd-vae-ft-ema]
 
 The official `.pt` holds a dict with `"model"`, `"ema"`, `"opt"` and `"args"`; sampling uses `"ema"`. The model config
 (family, width, depths, classes, class tokens, time embedding, skip, "joint" outputs, latent size) is read from the
 tensor shapes; heads follow the official presets (12 at width 768, 16 otherwise) unless `--num-heads` says otherwise.
+Without `--vae` the output is a transformer folder; with it, a complete `MPDiTPipeline` folder (transformer, the VAE
+with the official latent statistics in its config, the Euler scheduler, and the ImageNet names for 1000 classes).
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL
 
+from .data import imagenet1k_id2label
 from .models.embeddings import get_2d_sincos_pos_embed_grid
 from .models.transformer_mpdit import MPDiTTransformer2DModel
+from .pipelines.pipeline_mpdit import MPDiTPipeline, default_scheduler
 
 WEIGHTS_CHOICES = ("ema", "model")
+
+# The official code normalises SD-VAE (ft-EMA) latents per channel with these ImageNet-256 statistics, unscaled.
+OFFICIAL_LATENTS_MEAN = (5.81, 3.25, 0.12, -2.15)
+OFFICIAL_LATENTS_STD = (4.17, 4.62, 3.71, 3.28)
 
 # Official names of the per-level modules, coarse to fine, by number of levels (spec section 5).
 _LEVEL_NAMES = {
@@ -303,8 +313,9 @@ def convert_checkpoint(
     weights: str = "ema",
     num_attention_heads: int | None = None,
     overwrite: bool = False,
-) -> MPDiTTransformer2DModel:
-    """Converts an official checkpoint and saves it as a diffusers model folder (config.json + safetensors).
+    vae: str | os.PathLike | AutoencoderKL | None = None,
+) -> MPDiTTransformer2DModel | MPDiTPipeline:
+    """Converts an official checkpoint and saves it as a diffusers folder, in safetensors.
 
     The folder is written under a temporary name and renamed when complete, so an interrupted run leaves nothing
     half-written at `output_dir`.
@@ -315,9 +326,12 @@ def convert_checkpoint(
         weights (`str`, defaults to `"ema"`): `"ema"` or `"model"`.
         num_attention_heads (`int`, *optional*): Overrides the official head count.
         overwrite (`bool`, defaults to `False`): Replace an existing non-empty `output_dir`.
+        vae (`str`, `os.PathLike` or `AutoencoderKL`, *optional*): The SD-VAE the model was trained with (a folder,
+            a Hub id such as `stabilityai/sd-vae-ft-ema`, or a loaded model). When given, a complete pipeline folder is
+            written instead of a transformer folder.
 
     Returns:
-        The converted model, in eval mode.
+        The converted model (in eval mode), or the assembled pipeline when `vae` is given.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -327,11 +341,45 @@ def convert_checkpoint(
         model = MPDiTTransformer2DModel(**config)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.eval()
-    save_atomically(model, output_dir)
-    return model
+    if vae is None:
+        save_atomically(model, output_dir)
+        return model
+    pipeline = assemble_pipeline(model, vae)
+    save_atomically(pipeline, output_dir)
+    return pipeline
 
 
-def save_atomically(model: MPDiTTransformer2DModel, output_dir: Path) -> None:
+def assemble_pipeline(
+    transformer: MPDiTTransformer2DModel,
+    vae: str | os.PathLike | AutoencoderKL,
+    latents_mean: tuple[float, ...] = OFFICIAL_LATENTS_MEAN,
+    latents_std: tuple[float, ...] = OFFICIAL_LATENTS_STD,
+    id2label: dict[int, str] | None = None,
+) -> MPDiTPipeline:
+    """Builds the complete pipeline an official checkpoint needs.
+
+    Args:
+        transformer ([`MPDiTTransformer2DModel`]): The converted model.
+        vae (`str`, `os.PathLike` or `AutoencoderKL`): The VAE, or where to load it from.
+        latents_mean (`tuple[float, ...]`): Per-channel latent mean written into the VAE config (official values).
+        latents_std (`tuple[float, ...]`): Per-channel latent std written into the VAE config (official values).
+        id2label (`dict[int, str]`, *optional*): Class names; the ImageNet-1k names for 1000-class models by default.
+    """
+    if not isinstance(vae, AutoencoderKL):
+        vae = AutoencoderKL.from_pretrained(vae)
+    if vae.config.latent_channels != transformer.config.in_channels or len(latents_mean) != len(latents_std):
+        raise ValueError(
+            f"`vae` has {vae.config.latent_channels} latent channels but the transformer takes "
+            f"{transformer.config.in_channels}, or `latents_mean`/`latents_std` lengths differ."
+        )
+    # The official code applies no 0.18215 factor: (z - mean) / std is the whole normalisation.
+    vae.register_to_config(latents_mean=list(latents_mean), latents_std=list(latents_std), scaling_factor=1.0)
+    if id2label is None and transformer.config.num_classes == 1000:
+        id2label = imagenet1k_id2label()
+    return MPDiTPipeline(transformer=transformer, vae=vae.eval(), scheduler=default_scheduler(), id2label=id2label)
+
+
+def save_atomically(model: MPDiTTransformer2DModel | MPDiTPipeline, output_dir: Path) -> None:
     """`save_pretrained` into a temporary sibling folder, then rename it to `output_dir`."""
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -360,21 +408,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", choices=WEIGHTS_CHOICES, default="ema", help="which weights to convert")
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: official presets)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--vae",
+        default=None,
+        help="AutoencoderKL folder or Hub id (e.g. stabilityai/sd-vae-ft-ema): write a complete pipeline folder",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = convert_checkpoint(args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite)
-    except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as error:
+        converted = convert_checkpoint(
+            args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite, vae=args.vae
+        )
+    except (ConversionError, FileNotFoundError, FileExistsError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    model = converted.transformer if isinstance(converted, MPDiTPipeline) else converted
     config = model.config
     print(
         f"Converted {len(config.patch_sizes)}-level MPDiT (patch sizes {list(config.patch_sizes)}, depths "
         f"{list(config.depths)}, width {model.hidden_size}, {model.num_parameters() / 1e6:.3f}M parameters) "
-        f"to {args.output}"
+        f"to {'a pipeline folder ' if args.vae else ''}{args.output}"
     )
     return 0
 
