@@ -1,13 +1,33 @@
 import os
 import sys
+import tempfile
 
-import pytest
-import torch
-
-# Helpers such as official_reference.py live beside the tests.
+# Helpers such as official_reference.py and local_hub.py live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 
+from local_hub import LocalHub  # noqa: E402
+
+# huggingface_hub reads these when it is imported, so they are set before anything imports it: every Hub call of the
+# suite (and of the processes it starts) goes to the local server, through the LFS path, with a throwaway cache.
+HUB = LocalHub(tokens={"hf_alice_write": "alice", "hf_bob_write": "bob"}).start()
+os.environ.update(
+    HF_ENDPOINT=HUB.url,
+    HF_HUB_DISABLE_XET="1",
+    HF_HOME=tempfile.mkdtemp(prefix="mpdit-tests-hf-home-"),
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+)
+os.environ.pop("HF_TOKEN", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def hub():
+    return HUB
 
 
 @pytest.fixture
@@ -49,8 +69,8 @@ def tiny_vae(latents_mean=(0.5, -0.25, 0.1, 0.0), latents_std=(2.0, 1.5, 0.5, 1.
     ).eval()
 
 
-def tiny_pipeline(with_vae=True, **transformer_overrides):
-    """A tiny latent (or pixel-space) pipeline with live weights and ten named classes."""
+def tiny_pipeline(with_vae=True, id2label=None, **transformer_overrides):
+    """A tiny latent (or pixel-space) pipeline with live weights and named classes."""
     from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
 
     torch.manual_seed(0)
@@ -59,7 +79,8 @@ def tiny_pipeline(with_vae=True, **transformer_overrides):
     with torch.no_grad():
         for p in transformer.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    id2label = {i: name for i, name in enumerate(CLASS_NAMES[: transformer.config.num_classes])}
+    if id2label is None:
+        id2label = {i: name for i, name in enumerate(CLASS_NAMES[: transformer.config.num_classes])}
     pipe = MPDiTPipeline(transformer.eval(), tiny_vae() if with_vae else None, default_scheduler(), id2label)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,13 +134,69 @@ class MPDiTPipeline(DiffusionPipeline):
         """
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import constants, snapshot_download
+            from huggingface_hub.errors import HfHubHTTPError
 
-            hub_kwargs = {
-                k: kwargs[k] for k in ("revision", "cache_dir", "token", "force_download", "proxies") if k in kwargs
-            }
-            path = snapshot_download(path, local_files_only=kwargs.get("local_files_only", False), **hub_kwargs)
+            hub_keys = ("revision", "cache_dir", "token", "force_download", "proxies")
+            hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
+            try:
+                path = snapshot_download(path, local_files_only=kwargs.get("local_files_only", False), **hub_kwargs)
+            except HfHubHTTPError as error:
+                status = error.response.status_code if error.response is not None else "?"
+                raise OSError(
+                    f"Could not download {path!r} from {constants.ENDPOINT} (HTTP {status}). Check the repo id, and for "
+                    f"a private repo pass a valid `token` (or log in with `hf auth login`). The Hub said: "
+                    f"{str(error).splitlines()[0]}"
+                ) from error
         return super().from_pretrained(path, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        card_template: str | None = None,
+        card_values: dict[str, Any] | None = None,
+    ) -> Any:
+        """Saves the pipeline (safetensors) and uploads it with a model card rendered from `hub_cards/`.
+
+        Args:
+            repo_id (`str`): `namespace/name`, or a name in the token owner's namespace.
+            commit_message (`str`, *optional*): Defaults to "Upload MPDiTPipeline".
+            private (`bool`, *optional*): Create the repo as private (ignored if it exists).
+            token (`str`, *optional*): A write token; defaults to the logged-in one.
+            create_pr (`bool`, defaults to `False`): Open a pull request instead of committing to main.
+            safe_serialization (`bool`, defaults to `True`): Write safetensors.
+            variant (`str`, *optional*): Weight file variant, e.g. `"fp16"` (cast the pipeline first).
+            card_template (`str`, *optional*): A template of `diffusers_mpdit.hub_cards.TEMPLATES`; by default the
+                published configuration the pipeline matches, else the generic `"mpdit"` card.
+            card_values (`dict`, *optional*): Values for the template, over those read from the pipeline.
+
+        Returns:
+            The `CommitInfo` of the upload.
+        """
+        from huggingface_hub import create_repo
+
+        from ..hub_cards import card_template_for, default_card_values, render_model_card
+
+        template = card_template or card_template_for(self)
+
+        def card_for(name: str):
+            return render_model_card(template, **{**default_card_values(self, name), **(card_values or {})})
+
+        card_for(repo_id)  # a card that cannot be rendered must fail before the repo is created
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        card = card_for(repo_id)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
+            card.save(os.path.join(tmpdir, "README.md"))
+            return self._upload_folder(
+                tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
+            )
 
     @property
     def labels(self) -> dict[str, int]:
