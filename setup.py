@@ -25,7 +25,7 @@ setup(
         "train": ["datasets>=3.0", "tensorboard>=2.14", "tqdm>=4.60"],
         "demo": ["gradio>=5.0"],
         "xformers": ["xformers>=0.0.28"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10", "PyYAML>=6.0"],
     },
     entry_points={"console_scripts": []},
     classifiers=[

@@ -177,3 +177,38 @@ def test_push_with_a_wrong_token_fails_clearly():
 
     with pytest.raises(HfHubHTTPError, match="401"):
         tiny_pipeline().push_to_hub("alice/never", token="hf_wrong_token")
+
+
+def test_diffusion_pipeline_custom_pipeline_from_the_hub(tmp_path):
+    """diffusers 0.42 rejects a repo id whose components come from a third-party library before it looks at
+    `custom_pipeline`; downloading the snapshot first is the documented way, and it works."""
+    tiny_pipeline().push_to_hub("alice/custom-code", token=ALICE)
+    script = textwrap.dedent(
+        """
+        import diffusers_mpdit
+        from diffusers import DiffusionPipeline
+        from huggingface_hub import snapshot_download
+        try:
+            DiffusionPipeline.from_pretrained(
+                "alice/custom-code", custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE, trust_remote_code=True
+            )
+            raise SystemExit("diffusers now resolves repo ids itself: update the README and this test")
+        except ValueError as error:
+            assert "does not exist in alice/custom-code" in str(error), error
+        pipe = DiffusionPipeline.from_pretrained(
+            snapshot_download("alice/custom-code"), custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE, trust_remote_code=True
+        )
+        assert type(pipe).__name__ == "MPDiTPipeline"
+        pipe.set_progress_bar_config(disable=True)
+        print(pipe(class_labels="coat", num_inference_steps=1, output_type="np").images.shape)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_TOKEN": ALICE},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(1, 16, 16, 3)" in run.stdout
