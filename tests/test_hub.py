@@ -212,3 +212,18 @@ def test_diffusion_pipeline_custom_pipeline_from_the_hub(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "(1, 16, 16, 3)" in run.stdout
+
+
+def test_local_hub_speaks_whoami_ranges_and_validate_yaml(hub):
+    import urllib.request
+
+    assert HfApi(token=ALICE).whoami()["name"] == "alice"
+    tiny_pipeline().push_to_hub("alice/ranges", token=ALICE)
+    assert ("POST", "/api/validate-yaml") in hub.requests  # push_to_hub validates the card's metadata first
+    url = f"{hub.url}/alice/ranges/resolve/main/model_index.json"
+    full = urllib.request.urlopen(urllib.request.Request(url)).read()
+    part = urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=10-19"}))
+    assert part.status == 206 and part.read() == full[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(full)}"
+    head = urllib.request.urlopen(urllib.request.Request(url, method="HEAD"))
+    assert head.headers["X-Repo-Commit"] and int(head.headers["Content-Length"]) == len(full)

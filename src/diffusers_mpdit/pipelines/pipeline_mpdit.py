@@ -188,7 +188,8 @@ class MPDiTPipeline(DiffusionPipeline):
         def card_for(name: str):
             return render_model_card(template, **{**default_card_values(self, name), **(card_values or {})})
 
-        card_for(repo_id)  # a card that cannot be rendered must fail before the repo is created
+        # A card that cannot be rendered, or whose metadata the Hub rejects, must fail before the repo is created.
+        card_for(repo_id).validate()
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         card = card_for(repo_id)
         with tempfile.TemporaryDirectory() as tmpdir:
