@@ -37,6 +37,15 @@ def card_values(template, repo_id):
     base = {"repo_id": repo_id, "weights": "EMA weights"}
     if template == "mpdit-demo":
         return {**base, **DEMO_VALUES, "patch_sizes": [4, 2], "depths": [2, 2], "width": 32, "parameters": "0.1M"}
+    if template == "mpdit-trained":
+        return {
+            **card_values("mpdit", repo_id),
+            "dataset": "my/data",
+            "num_samples": 24,
+            "steps": 10,
+            "recipe": "AdamW lr 0.0002",
+            "sample_grid": "samples/final.png",
+        }
     if template == "mpdit":
         return {
             **base,
@@ -107,7 +116,7 @@ def test_card_usage_snippets_run_against_pushed_tiny_models(hub, tmp_path):
     }
     scripts = []
     for template in TEMPLATES:
-        pipe = pipelines[{"mpdit-demo": "demo", "mpdit": "custom"}.get(template, "imagenet")]
+        pipe = pipelines[{"mpdit-demo": "demo", "mpdit": "custom", "mpdit-trained": "custom"}.get(template, "imagenet")]
         repo_id = f"alice/snippet-{template}"
         pipe.push_to_hub(repo_id, token=ALICE, card_template=template, card_values=card_values(template, repo_id))
         readme = hf_hub_download(repo_id, "README.md", token=ALICE)

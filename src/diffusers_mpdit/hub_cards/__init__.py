@@ -13,7 +13,7 @@ import jinja2
 from huggingface_hub import ModelCard
 
 TEMPLATE_DIR = Path(__file__).parent
-TEMPLATES = ("mpdit-xl-256", "mpdit-xl-512", "mpdit-b-256", "mpdit-demo", "mpdit")
+TEMPLATES = ("mpdit-xl-256", "mpdit-xl-512", "mpdit-b-256", "mpdit-demo", "mpdit-trained", "mpdit")
 
 
 def render_model_card(template: str, **values: Any) -> ModelCard:

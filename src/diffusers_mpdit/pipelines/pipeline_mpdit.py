@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -161,6 +162,7 @@ class MPDiTPipeline(DiffusionPipeline):
         variant: str | None = None,
         card_template: str | None = None,
         card_values: dict[str, Any] | None = None,
+        extra_files: dict[str, str] | None = None,
     ) -> Any:
         """Saves the pipeline (safetensors) and uploads it with a model card rendered from `hub_cards/`.
 
@@ -175,6 +177,8 @@ class MPDiTPipeline(DiffusionPipeline):
             card_template (`str`, *optional*): A template of `diffusers_mpdit.hub_cards.TEMPLATES`; by default the
                 published configuration the pipeline matches, else the generic `"mpdit"` card.
             card_values (`dict`, *optional*): Values for the template, over those read from the pipeline.
+            extra_files (`dict[str, str]`, *optional*): More files to upload, `{path in repo: local path}` (e.g. a
+                sample grid the card shows).
 
         Returns:
             The `CommitInfo` of the upload.
@@ -195,6 +199,9 @@ class MPDiTPipeline(DiffusionPipeline):
         with tempfile.TemporaryDirectory() as tmpdir:
             self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
             card.save(os.path.join(tmpdir, "README.md"))
+            for path_in_repo, local_path in (extra_files or {}).items():
+                os.makedirs(os.path.dirname(os.path.join(tmpdir, path_in_repo)), exist_ok=True)
+                shutil.copyfile(local_path, os.path.join(tmpdir, path_in_repo))
             return self._upload_folder(
                 tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
             )

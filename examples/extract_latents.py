@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Encode a labelled image set once with a VAE into a latent cache for `train_mpdit.py --latents_dir`.
+
+    accelerate launch examples/extract_latents.py --train_data_dir DIR --pretrained_vae stabilityai/sd-vae-ft-ema \\
+        --resolution 256 --output_dir latents/
+    torchrun --nproc_per_node 2 examples/extract_latents.py ...
+
+Each process encodes its share of the images and writes its own shards (posterior mean and std, labels, indices);
+the per-channel statistics of the posterior samples are reduced across processes, and the main process writes the
+index last, so a cache with an index is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+from train_mpdit import ImageTransform, collate, load_image_dataset
+
+from diffusers_mpdit.training.latent_cache import ChannelStatistics, write_index, write_shard
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_data_dir")
+    p.add_argument("--dataset_name")
+    p.add_argument("--dataset_config_name")
+    p.add_argument("--dataset_split", default="train")
+    p.add_argument("--image_column", default="image")
+    p.add_argument("--label_column", default="label")
+    p.add_argument("--max_train_samples", type=int)
+    p.add_argument("--pretrained_vae", required=True, help="AutoencoderKL folder or Hub id")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--image_preprocessing", choices=["center_crop", "pad"], default="center_crop")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--shard_size", type=int, default=4096, help="images per shard")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--dataloader_num_workers", type=int, default=0)
+    args = p.parse_args(argv)
+    if bool(args.train_data_dir) == bool(args.dataset_name):
+        p.error("give exactly one of --train_data_dir, --dataset_name")
+    return args
+
+
+@torch.no_grad()
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision=args.mixed_precision)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        shutil.rmtree(output_dir, ignore_errors=True)  # a half-written cache is never reused
+        output_dir.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+
+    dataset, id2label = load_image_dataset(args)
+    dataset = dataset.with_transform(ImageTransform(args.resolution, 3, args.image_preprocessing))
+    with accelerator.split_between_processes(list(range(len(dataset)))) as indices:
+        mine = torch.tensor(indices, dtype=torch.long)
+    vae = AutoencoderKL.from_pretrained(args.pretrained_vae).eval().to(accelerator.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    if dtype != torch.float32:
+        vae.to(dtype)
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, mine.tolist()),
+        batch_size=args.batch_size,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+    )
+    stats = ChannelStatistics(vae.config.latent_channels)
+    pending = {"indices": [], "mean": [], "std": [], "labels": []}
+    shards, start = [], 0
+
+    def flush():
+        if not pending["indices"]:
+            return
+        name = f"latents-rank{accelerator.process_index:03d}-{len(shards):05d}.safetensors"
+        write_shard(output_dir / name, *(torch.cat(pending[k]) for k in ("indices", "mean", "std", "labels")))
+        shards.append(name)
+        for values in pending.values():
+            values.clear()
+
+    latent_shape = None
+    for batch in tqdm(loader, desc="encoding", disable=not accelerator.is_local_main_process):
+        posterior = vae.encode(batch["pixels"].to(accelerator.device, dtype)).latent_dist
+        mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()
+        latent_shape = list(mean.shape[1:])
+        stats.update(mean, std)
+        count = mean.shape[0]
+        pending["indices"].append(mine[start : start + count])
+        pending["mean"].append(mean)
+        pending["std"].append(std)
+        pending["labels"].append(batch["label"])
+        start += count
+        if sum(len(i) for i in pending["indices"]) >= args.shard_size:
+            flush()
+    flush()
+
+    # Reduce the statistics and the shard names over processes; the main process writes the index last.
+    sums = accelerator.reduce(stats.sums.to(accelerator.device), reduction="sum").cpu()
+    count = accelerator.reduce(stats.count.to(accelerator.device), reduction="sum").cpu()
+    stats.sums, stats.count = sums, count
+    all_shards = gather_object(shards)
+    shapes = [s for s in gather_object([latent_shape]) if s is not None]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        latents_mean, latents_std = stats.result()
+        write_index(
+            output_dir, all_shards, len(dataset), shapes[0], id2label, latents_mean, latents_std,
+            args.pretrained_vae, args.resolution,
+        )  # fmt: skip
+        print(f"Cached {len(dataset)} latents of shape {shapes[0]} in {len(all_shards)} shards at {output_dir}")
+        print(f"latents_mean {[round(v, 4) for v in latents_mean]}, latents_std {[round(v, 4) for v in latents_std]}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,638 @@
+#!/usr/bin/env python
+"""Train MPDiT with the official flow-matching recipe, on one CPU or many GPUs, through Accelerate.
+
+    accelerate launch examples/train_mpdit.py --train_data_dir DIR --output_dir OUT [--preset MPDiT-B/4x] ...
+    torchrun --nproc_per_node 2 examples/train_mpdit.py ...        # CPU data parallel (gloo)
+
+Data: an imagefolder (`--train_data_dir`, class subfolders become labels), a `datasets` dataset (`--dataset_name`), or
+a latent cache from `examples/extract_latents.py` (`--latents_dir`). With `--pretrained_vae` images are encoded on the
+fly; without a VAE the model trains in pixel space. Every step's noise, flow times, label dropout, flips and posterior
+samples come from a generator keyed by (seed, step, micro-step) and drawn for the global batch, so a run does not
+depend on the number of processes (beyond batch arithmetic) nor on where it was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from diffusers.utils.torch_utils import is_compiled_module
+from tqdm.auto import tqdm
+
+from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
+from diffusers_mpdit.training import (
+    WEIGHTING_SCHEMES,
+    LatentCacheDataset,
+    center_crop_arr,
+    drop_class_labels,
+    flow_matching_loss,
+    image_to_tensor,
+    normalize_latents,
+    pad_to,
+    sample_flow_times,
+    step_generator,
+)
+
+logger = get_logger(__name__)
+CHECKPOINT_FILES = (
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "transformer_ema/config.json",
+    "transformer_ema/diffusion_pytorch_model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "training_state.json",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--train_data_dir", help="imagefolder: one subfolder of images per class")
+    data.add_argument("--dataset_name", help="a `datasets` dataset (name or local path)")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--dataset_split", default="train")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--label_column", default="label")
+    data.add_argument("--latents_dir", help="latent cache written by examples/extract_latents.py")
+    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--resolution", type=int, help="image side (default: the latent cache's, else 256)")
+    data.add_argument(
+        "--image_preprocessing",
+        choices=["center_crop", "pad"],
+        default="center_crop",
+        help="ADM centre crop, or pad smaller images with black borders (28 -> 32)",
+    )
+    data.add_argument("--image_channels", type=int, choices=[1, 3], default=3, help="pixel-space channels")
+    data.add_argument("--random_flip", action="store_true", help="horizontal flips (of the latents, for a cache)")
+    data.add_argument("--pretrained_vae", help="AutoencoderKL folder or Hub id; without it, pixel space")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", default="MPDiT-B/4x", help="an MPDiTTransformer2DModel preset")
+    model.add_argument("--model_config", default="{}", help="JSON config overrides, e.g. '{\"depths\": [2, 2]}'")
+    model.add_argument("--pretrained_model_name_or_path", help="start from a pipeline or transformer folder")
+
+    recipe = p.add_argument_group("recipe (defaults: the official one)")
+    recipe.add_argument("--weighting_scheme", choices=WEIGHTING_SCHEMES, default="logit_normal")
+    recipe.add_argument("--logit_mean", type=float, default=0.0)
+    recipe.add_argument("--logit_std", type=float, default=1.0)
+    recipe.add_argument("--mode_scale", type=float, default=1.29)
+    recipe.add_argument("--class_dropout_prob", type=float, default=0.1)
+    recipe.add_argument("--learning_rate", type=float, default=2e-4)
+    recipe.add_argument("--scale_lr", action="store_true")
+    recipe.add_argument("--lr_scheduler", default="constant")
+    recipe.add_argument("--lr_warmup_steps", type=int, default=0)
+    recipe.add_argument("--adam_beta1", type=float, default=0.9)
+    recipe.add_argument("--adam_beta2", type=float, default=0.999)
+    recipe.add_argument("--adam_weight_decay", type=float, default=0.0)
+    recipe.add_argument("--adam_epsilon", type=float, default=1e-8)
+    recipe.add_argument("--max_grad_norm", type=float, default=None, help="off by default, as in the official recipe")
+    recipe.add_argument("--ema_decay", type=float, default=0.9999)
+    recipe.add_argument("--train_batch_size", type=int, default=32, help="per process")
+    recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    recipe.add_argument("--num_train_epochs", type=int, default=400)
+    recipe.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    recipe.add_argument("--seed", type=int, default=0)
+
+    infra = p.add_argument_group("infrastructure")
+    infra.add_argument("--output_dir", required=True)
+    infra.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    infra.add_argument("--gradient_checkpointing", action="store_true")
+    infra.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    infra.add_argument("--allow_tf32", action="store_true")
+    infra.add_argument("--checkpointing_steps", type=int, default=5000)
+    infra.add_argument("--checkpoints_total_limit", type=int)
+    infra.add_argument("--resume_from_checkpoint", help='"latest" or a checkpoint folder')
+    infra.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    infra.add_argument("--logging_dir", default="logs")
+    infra.add_argument("--tracker_project_name", default="train_mpdit")
+    infra.add_argument("--validation_steps", type=int, default=5000, help="sample grid every N steps (0: never)")
+    infra.add_argument("--validation_classes", help="comma-separated class ids or names (default: up to 8 classes)")
+    infra.add_argument("--validation_inference_steps", type=int, default=50)
+    infra.add_argument("--validation_guidance_scale", type=float, default=1.5)
+    infra.add_argument("--push_to_hub", action="store_true")
+    infra.add_argument("--hub_model_id")
+    infra.add_argument("--hub_token")
+    infra.add_argument("--hub_private_repo", action="store_true")
+    args = p.parse_args(argv)
+
+    sources = [x for x in (args.train_data_dir, args.dataset_name, args.latents_dir) if x]
+    if len(sources) != 1:
+        p.error("give exactly one of --train_data_dir, --dataset_name, --latents_dir")
+    if args.report_to == "wandb" and args.hub_token:
+        p.error("--report_to wandb with --hub_token would expose the token in the logs; use `hf auth login`")
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id")
+    try:
+        args.model_config = json.loads(args.model_config)
+    except json.JSONDecodeError as error:
+        p.error(f"--model_config is not JSON: {error}")
+    return args
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+
+def load_image_dataset(args):
+    """Returns a `datasets.Dataset` of (image, label) and its `id2label`."""
+    from datasets import load_dataset
+
+    if args.train_data_dir:
+        dataset = load_dataset("imagefolder", data_dir=args.train_data_dir, split="train")
+        image_column, label_column = "image", "label"
+    else:
+        dataset = load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+        image_column, label_column = args.image_column, args.label_column
+    for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
+        if column not in dataset.column_names:
+            raise ValueError(f"{flag} {column!r} is not a column of the dataset; it has {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    if hasattr(feature, "names"):
+        id2label = dict(enumerate(feature.names))
+    else:
+        id2label = {int(i): str(i) for i in sorted(set(dataset[label_column]))}
+    if args.max_train_samples:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    return dataset.select_columns([image_column, label_column]).rename_columns(
+        {image_column: "image", label_column: "label"}
+    ), id2label
+
+
+class ImageTransform:
+    """PIL -> ADM centre crop (or padding) -> tensor in [-1, 1]; picklable for dataloader workers."""
+
+    def __init__(self, resolution: int, channels: int, preprocessing: str):
+        self.resolution, self.channels, self.preprocessing = resolution, channels, preprocessing
+
+    def __call__(self, batch):
+        prepare = pad_to if self.preprocessing == "pad" else center_crop_arr
+        images = [prepare(image, self.resolution) for image in batch["image"]]
+        return {"pixels": [image_to_tensor(image, self.channels) for image in images], "label": batch["label"]}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation per epoch determined by (seed, epoch): the data order survives restarts and world sizes."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(torch.randperm(self.size, generator=step_generator(self.seed, -1, self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def collate(examples):
+    batch = {"label": torch.tensor([int(e["label"]) for e in examples])}
+    for key in ("pixels", "mean", "std"):
+        if key in examples[0]:
+            batch[key] = torch.stack([e[key] for e in examples])
+    return batch
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_checkpoint(path: Path) -> int:
+    """Returns the checkpoint's step, or raises naming what is missing."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {str(path)!r} is not a folder.")
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if missing:
+        raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
+    state = json.loads((path / "training_state.json").read_text())
+    return int(state["global_step"])
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None) -> Path:
+    """Saves the full accelerator state under a temporary name and renames it, so a crash never leaves a broken
+    checkpoint behind; then prunes the oldest ones beyond `total_limit`."""
+    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+        logger.info(f"Saved {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --- main ------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.ERROR)
+    set_seed(args.seed)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Data, and with it the latent space (VAE or cache statistics) and the classes.
+    vae, latent_config = None, None
+    if args.latents_dir:
+        dataset = LatentCacheDataset(args.latents_dir)
+        id2label, resolution = dataset.id2label, dataset.index["resolution"]
+        channels, sample_size = dataset.index["latent_shape"][0], dataset.index["latent_shape"][1]
+        latent_config = argparse.Namespace(
+            latents_mean=dataset.index["latents_mean"], latents_std=dataset.index["latents_std"], scaling_factor=1.0
+        )
+        vae_source = args.pretrained_vae or dataset.index["vae"]
+    else:
+        image_dataset, id2label = load_image_dataset(args)
+        resolution = args.resolution or 256
+        if args.pretrained_vae:
+            vae = AutoencoderKL.from_pretrained(args.pretrained_vae).eval().requires_grad_(False)
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            channels, sample_size, latent_config = vae.config.latent_channels, resolution // factor, vae.config
+            transform = ImageTransform(resolution, 3, args.image_preprocessing)
+        else:
+            channels, sample_size = args.image_channels, resolution
+            transform = ImageTransform(resolution, args.image_channels, args.image_preprocessing)
+        with accelerator.main_process_first():
+            dataset = image_dataset.with_transform(transform)
+        vae_source = args.pretrained_vae
+
+    # Model: a preset (or a pretrained folder) fitted to the data.
+    if args.pretrained_model_name_or_path:
+        source = Path(args.pretrained_model_name_or_path)
+        subfolder = "transformer" if (source / "transformer").is_dir() else None
+        model = MPDiTTransformer2DModel.from_pretrained(source, subfolder=subfolder)
+    else:
+        config = {"num_classes": len(id2label), "in_channels": channels, "sample_size": sample_size}
+        model = MPDiTTransformer2DModel.from_preset(args.preset, **{**config, **args.model_config})
+    if model.config.num_classes != len(id2label) or model.config.in_channels != channels:
+        raise ValueError(
+            f"The model has {model.config.num_classes} classes and {model.config.in_channels} input channels; the data "
+            f"has {len(id2label)} classes and {channels} channels."
+        )
+    model.train()
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = EMAModel(
+        model.parameters(),
+        decay=args.ema_decay,
+        min_decay=args.ema_decay,  # a constant decay, as the official recipe (diffusers would otherwise ramp it up)
+        model_cls=MPDiTTransformer2DModel,
+        model_config=model.config,
+    )
+
+    def unwrap(m):
+        m = accelerator.unwrap_model(m)
+        return m._orig_mod if is_compiled_module(m) else m
+
+    def save_hook(models, weights, directory):
+        if accelerator.is_main_process:
+            for m in models:
+                unwrap(m).save_pretrained(os.path.join(directory, "transformer"))
+                weights.pop()
+            ema.save_pretrained(os.path.join(directory, "transformer_ema"))
+
+    def load_hook(models, directory):
+        loaded_ema = EMAModel.from_pretrained(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel)
+        ema.load_state_dict(loaded_ema.state_dict())
+        ema.to(accelerator.device)
+        for _ in range(len(models)):
+            m = models.pop()
+            loaded = MPDiTTransformer2DModel.from_pretrained(directory, subfolder="transformer")
+            m.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    if args.scale_lr:
+        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    sampler = EpochSampler(len(dataset), args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+    )
+    global_batch = args.train_batch_size * accelerator.num_processes
+    steps_per_epoch = len(dataset) // global_batch // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(dataset)} samples do not fill one step of {global_batch * args.gradient_accumulation_steps} "
+            "(train_batch_size x processes x gradient_accumulation_steps)."
+        )
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema.to(accelerator.device)
+    if vae is not None:
+        vae.to(accelerator.device)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = list_checkpoints(output_dir)
+            path = found[-1] if found else None
+        else:
+            path = Path(args.resume_from_checkpoint)
+        if path is None:
+            logger.info("No checkpoint to resume from; starting a new run.")
+        else:
+            global_step = check_checkpoint(path)
+            try:
+                accelerator.load_state(str(path))
+            except Exception as error:
+                raise RuntimeError(f"Checkpoint {str(path)!r} could not be loaded: {error}") from error
+            logger.info(f"Resumed from {path} at step {global_step}")
+
+    total = global_batch * args.gradient_accumulation_steps
+    logger.info(
+        f"{len(dataset)} samples, {total} per step, {steps_per_epoch} steps per epoch, {max_train_steps} steps"
+    )
+    null_class = model_config(model).num_classes
+    rank_slice = slice(
+        accelerator.process_index * args.train_batch_size, (accelerator.process_index + 1) * args.train_batch_size
+    )
+    data_shape = (global_batch, channels, sample_size, sample_size)
+    validation_classes = parse_validation_classes(args.validation_classes, id2label)
+
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    start_epoch = global_step // steps_per_epoch
+    last_log = time.perf_counter()
+    done = global_step >= max_train_steps
+    for epoch in range(start_epoch, num_epochs):
+        if done:
+            break
+        skip = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # Accelerate's loaders set their sampler's epoch from their own iteration count when iterated; a loader made by
+        # skip_first_batches starts at 0, so the epoch is set explicitly on the one in use.
+        epoch_loader.set_epoch(epoch)
+        for micro, batch in enumerate(epoch_loader, start=skip):
+            g = step_generator(args.seed, global_step, micro % args.gradient_accumulation_steps)
+            # Draws for the global batch, in a fixed order; each process keeps its own rows.
+            noise = torch.randn(data_shape, generator=g)[rank_slice]
+            flow_times = sample_flow_times(
+                global_batch, args.weighting_scheme, args.logit_mean, args.logit_std, args.mode_scale, generator=g
+            )[rank_slice]
+            drop_draws = torch.rand(global_batch, generator=g)[rank_slice]
+            flips = (torch.rand(global_batch, generator=g) < 0.5)[rank_slice]
+            with accelerator.accumulate(model):
+                data = prepare_data(batch, vae, latent_config, g, data_shape, rank_slice, accelerator)
+                if args.random_flip:
+                    data = torch.where(flips.view(-1, 1, 1, 1).to(data.device), data.flip(-1), data)
+                labels = drop_class_labels(batch["label"], null_class, args.class_dropout_prob, uniform=drop_draws)
+                loss = flow_matching_loss(
+                    model, data, noise.to(data), flow_times.to(data.device), labels.to(data.device)
+                )
+                losses = accelerator.gather(loss.detach().reshape(1))
+                if not torch.isfinite(losses).all():
+                    found = list_checkpoints(output_dir)
+                    last = str(found[-1]) if found else "none (no checkpoint was saved)"
+                    raise RuntimeError(
+                        f"Non-finite loss {losses.tolist()} at step {global_step + 1}: stopping before the update. "
+                        f"The last good checkpoint is {last}."
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(unwrap(model).parameters())
+            global_step += 1
+            progress.update(1)
+            now = time.perf_counter()
+            logs = {
+                "loss": losses.mean().item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "steps_per_sec": 1.0 / max(now - last_log, 1e-9),
+                "images_per_sec": total / max(now - last_log, 1e-9),
+            }
+            last_log = now
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=logs["lr"])
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if args.validation_steps and global_step % args.validation_steps == 0:
+                sample_grid(
+                    args,
+                    accelerator,
+                    unwrap(model),
+                    ema,
+                    vae_source,
+                    latent_config,
+                    id2label,
+                    validation_classes,
+                    global_step,
+                )
+            if global_step >= max_train_steps:
+                done = True
+                break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
+        save_pipeline(pipeline, output_dir)
+        grid = sample_grid(
+            args,
+            accelerator,
+            unwrap(model),
+            ema,
+            vae_source,
+            latent_config,
+            id2label,
+            validation_classes,
+            global_step,
+            name="final",
+        )
+        logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
+        if args.push_to_hub:
+            push(args, pipeline, grid, len(dataset), global_step, total)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def model_config(model):
+    model = model.module if hasattr(model, "module") else model
+    return (model._orig_mod if is_compiled_module(model) else model).config
+
+
+def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, accelerator) -> torch.Tensor:
+    """The batch as the model's clean input: pixels, or normalised posterior samples."""
+    device = accelerator.device
+    if "mean" in batch:  # latent cache: a fresh posterior sample per step
+        eps = torch.randn(data_shape, generator=generator)[rank_slice]
+        latents = batch["mean"] + batch["std"] * eps
+        return normalize_latents(latents, latent_config).to(device)
+    pixels = batch["pixels"].to(device)
+    if vae is None:
+        return pixels
+    with torch.no_grad():
+        posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
+        eps = torch.randn(data_shape, generator=generator)[rank_slice].to(device, posterior.mean.dtype)
+        latents = posterior.mean + posterior.std * eps
+    return normalize_latents(latents.float(), latent_config)
+
+
+def parse_validation_classes(spec: str | None, id2label: dict[int, str]) -> list:
+    if not spec:
+        return list(range(min(8, len(id2label))))
+    return [int(c) if c.strip().isdigit() else c.strip() for c in spec.split(",")]
+
+
+def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
+    """A pipeline on a copy of the model carrying the EMA weights, with the data's latent statistics."""
+    transformer = MPDiTTransformer2DModel.from_config(model.config)
+    ema.copy_to(transformer.parameters())
+    transformer.eval()
+    vae = None
+    if vae_source:
+        vae = AutoencoderKL.from_pretrained(vae_source).eval()
+        if latent_config is not None and getattr(latent_config, "latents_mean", None) is not None:
+            vae.register_to_config(
+                latents_mean=list(latent_config.latents_mean),
+                latents_std=list(latent_config.latents_std),
+                scaling_factor=latent_config.scaling_factor,
+            )
+    return MPDiTPipeline(transformer=transformer, vae=vae, scheduler=default_scheduler(), id2label=id2label)
+
+
+def save_pipeline(pipeline: MPDiTPipeline, output_dir: Path) -> None:
+    """Writes the pipeline into `output_dir` beside the checkpoints; `model_index.json` goes last, so a folder with one
+    is complete."""
+    tmp = output_dir / ".tmp-pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(tmp)
+    (output_dir / "model_index.json").unlink(missing_ok=True)
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
+        target = output_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    tmp.rmdir()
+
+
+@torch.no_grad()
+def sample_grid(args, accelerator, model, ema, vae_source, latent_config, id2label, classes, step, name=None):
+    """A PNG grid of the EMA model's samples for fixed classes and a fixed seed (main process only)."""
+    if not accelerator.is_main_process:
+        return None
+    pipeline = final_pipeline(model, ema, vae_source, latent_config, id2label).to(accelerator.device)
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        class_labels=classes,
+        num_inference_steps=args.validation_inference_steps,
+        guidance_scale=args.validation_guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images
+    images = [im.convert("RGB") for im in images]
+    grid = make_image_grid(images, rows=1, cols=len(images))
+    path = Path(args.output_dir) / "samples" / f"{name or f'step-{step:07d}'}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+
+            tracker.writer.add_images("samples", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC")
+    return path
+
+
+def push(args, pipeline, grid, num_samples, steps, batch) -> None:
+    data = args.dataset_name or Path(args.train_data_dir or args.latents_dir).name
+    values = {
+        "title": args.hub_model_id.split("/")[-1],
+        "dataset": data,
+        "num_samples": num_samples,
+        "steps": steps,
+        "recipe": (
+            f"AdamW lr {args.learning_rate}, batch {batch}, EMA {args.ema_decay}, {args.weighting_scheme} flow times "
+            f"(mean {args.logit_mean}, std {args.logit_std}), class dropout {args.class_dropout_prob}"
+        ),
+        "sample_grid": "samples/final.png",
+    }
+    pipeline.push_to_hub(
+        args.hub_model_id,
+        token=args.hub_token,
+        private=args.hub_private_repo,
+        card_template="mpdit-trained",
+        card_values=values,
+        extra_files={"samples/final.png": str(grid)},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Training: the shared helpers, and the real scripts run through `accelerate launch` and `torchrun`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vae
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusers_mpdit import MPDiTPipeline
+from diffusers_mpdit.training import (
+    LatentCacheDataset,
+    center_crop_arr,
+    drop_class_labels,
+    flow_matching_loss,
+    image_to_tensor,
+    pad_to,
+    sample_flow_times,
+    step_generator,
+)
+from diffusers_mpdit.training.latent_cache import ChannelStatistics
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN, EXTRACT = str(ROOT / "examples" / "train_mpdit.py"), str(ROOT / "examples" / "extract_latents.py")
+CLASSES = ["circle", "square", "stripes"]
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def test_flow_times_follow_the_official_logit_normal():
+    t = sample_flow_times(200_000, generator=step_generator(0, 1))
+    logits = torch.log(t / (1 - t))
+    assert abs(logits.mean().item()) < 0.01 and abs(logits.std().item() - 1.0) < 0.01
+    u = sample_flow_times(200_000, "uniform", generator=step_generator(0, 2))
+    assert abs(u.mean().item() - 0.5) < 0.01 and 0 <= u.min() and u.max() <= 1
+    with pytest.raises(ValueError, match="`weighting_scheme` must be one of"):
+        sample_flow_times(4, "cosmap")
+
+
+def test_label_dropout_rate_and_null_class():
+    labels = torch.arange(100_000) % 7
+    dropped = drop_class_labels(labels, 7, 0.1, generator=step_generator(0))
+    rate = (dropped == 7).float().mean().item()
+    assert abs(rate - 0.1) < 0.005
+    assert torch.equal(dropped[dropped != 7], labels[dropped != 7])
+
+
+def test_step_generator_depends_on_its_keys_only():
+    a = torch.randn(4, generator=step_generator(3, 10, 0))
+    assert torch.equal(a, torch.randn(4, generator=step_generator(3, 10, 0)))
+    assert not torch.equal(a, torch.randn(4, generator=step_generator(3, 10, 1)))
+
+
+def test_flow_matching_loss_is_the_velocity_mse(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = (
+        torch.randn(3, 4, 16, 16, generator=g),
+        torch.randn(3, 4, 16, 16, generator=g),
+        torch.rand(3, generator=g),
+    )
+    labels = torch.tensor([1, 2, 10])
+    loss = flow_matching_loss(tiny_model, x0, noise, t, labels)
+    tt = t.view(-1, 1, 1, 1)
+    with torch.no_grad():
+        v = tiny_model((1 - tt) * x0 + tt * noise, t, labels).sample
+    torch.testing.assert_close(loss, ((v - (noise - x0)) ** 2).mean())
+
+
+def test_adm_center_crop_and_tensors():
+    image = Image.fromarray(np.arange(300 * 500 * 3, dtype=np.uint32).reshape(300, 500, 3).astype(np.uint8))
+    cropped = center_crop_arr(image, 64)
+    assert cropped.size == (64, 64)
+    tensor = image_to_tensor(cropped, 3)
+    assert tensor.shape == (3, 64, 64) and tensor.min() >= -1 and tensor.max() <= 1
+    grey = image_to_tensor(pad_to(Image.new("L", (28, 28), 255), 32), 1)
+    assert grey.shape == (1, 32, 32) and grey[0, 0, 0] == -1 and grey[0, 16, 16] == 1
+
+
+def test_channel_statistics_of_posterior_samples():
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(64, 4, 8, 8, generator=g) * 2 + 1, torch.rand(64, 4, 8, 8, generator=g)
+    stats = ChannelStatistics(4)
+    stats.update(mean[:40], std[:40])
+    stats.update(mean[40:], std[40:])
+    mu, sigma = stats.result()
+    samples = mean[None] + std[None] * torch.randn(400, *mean.shape, generator=g)
+    torch.testing.assert_close(
+        torch.tensor(mu), samples.mean((0, 1, 3, 4)).double(), atol=0.02, rtol=0, check_dtype=False
+    )
+    torch.testing.assert_close(
+        torch.tensor(sigma), samples.std((0, 1, 3, 4)).double(), atol=0.02, rtol=0, check_dtype=False
+    )
+
+
+# --- the scripts -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """24 labelled 20x20 images in three class folders (an imagefolder)."""
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            arr = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+            arr[..., c] = 255
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae") / "vae"
+    tiny_vae(latents_mean=None, latents_std=None).save_pretrained(path)
+    return path
+
+
+def train_args(data, out, steps, **extra):
+    args = {
+        "train_data_dir": data,
+        "output_dir": out,
+        "preset": "MPDiT-tiny",
+        "resolution": 16,
+        "train_batch_size": 4,
+        "max_train_steps": steps,
+        "checkpointing_steps": 2,
+        "validation_steps": 0,
+        "validation_inference_steps": 2,
+        "report_to": "none",
+        "seed": 3,
+        **extra,
+    }
+    flags = []
+    for key, value in args.items():
+        if value is True:
+            flags.append(f"--{key}")
+        elif value is not None and value is not False:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def launch(script, flags, launcher="accelerate", nproc=1, check=True, **popen):
+    if launcher == "accelerate":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", script]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), script]
+    else:
+        cmd = [sys.executable, script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if popen:
+        return subprocess.Popen(cmd + flags, env=env, **popen)
+    run = subprocess.run(cmd + flags, env=env, capture_output=True, text=True)
+    if check:
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return run
+
+
+def weights(path):
+    return load_file(str(Path(path) / "diffusion_pytorch_model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    a, b = weights(a), weights(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def checkpoints(out):
+    return sorted(p.name for p in Path(out).iterdir() if p.name.startswith("checkpoint-"))
+
+
+def test_accelerate_launch_checkpoints_pruning_samples_and_final_pipeline(image_folder, tmp_path):
+    out = tmp_path / "run"
+    launch(TRAIN, train_args(image_folder, out, 6, checkpoints_total_limit=2, validation_steps=3, random_flip=True))
+    assert checkpoints(out) == ["checkpoint-4", "checkpoint-6"]
+    expected = {"transformer", "transformer_ema", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"}
+    assert set(os.listdir(out / "checkpoint-6")) >= expected | {"training_state.json"}
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+    assert sorted(os.listdir(out / "samples")) == ["final.png", "step-0000003.png", "step-0000006.png"]
+    assert Image.open(out / "samples" / "final.png").size == (16 * 3, 16)
+
+    # The final pipeline carries the EMA weights (the checkpoint's EMA), the labels and the pixel-space setup.
+    pipe = MPDiTPipeline.from_pretrained(out)
+    assert pipe.vae is None and pipe.id2label == dict(enumerate(CLASSES))
+    assert_same_weights(out / "transformer", out / "checkpoint-6" / "transformer_ema")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(class_labels="square", num_inference_steps=2).images[0].size == (16, 16)
+    from diffusers_mpdit import MPDiTTransformer2DModel
+
+    assert MPDiTTransformer2DModel.from_pretrained(out, subfolder="checkpoint-4/transformer").config.num_classes == 3
+
+    # Resuming from a named checkpoint continues to the same end.
+    resumed = launch(TRAIN, train_args(image_folder, out, 8, resume_from_checkpoint=out / "checkpoint-6"))
+    assert "Resumed from" in resumed.stderr + resumed.stdout
+    assert checkpoints(out) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
+    steps = 40
+    flags = {"checkpointing_steps": 4, "random_flip": True, "gradient_accumulation_steps": 2, "train_batch_size": 2}
+    launch(TRAIN, train_args(image_folder, tmp_path / "straight", steps, **flags))
+
+    out = tmp_path / "killed"
+    process = launch(
+        TRAIN,
+        train_args(image_folder, out, steps, **flags),
+        launcher="python",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (out / "checkpoint-8").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "model_index.json").exists(), "the run finished before it could be killed"
+    last = checkpoints(out)[-1]
+    # A crash during a save leaves only a temporary folder, which "latest" never picks.
+    (out / ".tmp-checkpoint-999").mkdir()
+
+    resumed = launch(TRAIN, train_args(image_folder, out, steps, resume_from_checkpoint="latest", **flags))
+    assert f"Resumed from {out / last} at step {last.split('-')[1]}" in resumed.stderr
+    assert_same_weights(
+        out / f"checkpoint-{steps}" / "transformer", tmp_path / "straight" / f"checkpoint-{steps}" / "transformer"
+    )
+    assert_same_weights(out / "transformer", tmp_path / "straight" / "transformer")
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(image_folder, tmp_path):
+    one = launch(TRAIN, train_args(image_folder, tmp_path / "one", 4, checkpointing_steps=4, random_flip=True))
+    two = launch(
+        TRAIN,
+        train_args(image_folder, tmp_path / "two", 4, checkpointing_steps=4, random_flip=True, train_batch_size=2),
+        launcher="torchrun",
+        nproc=2,
+    )
+    assert "DistributedType.MULTI_CPU" in two.stderr and "[RANK 1]" in two.stderr
+    assert "DistributedType.MULTI_CPU" not in one.stderr
+    # Only the order of floating-point reductions differs.
+    assert_same_weights(
+        tmp_path / "one" / "checkpoint-4" / "transformer", tmp_path / "two" / "checkpoint-4" / "transformer", atol=1e-5
+    )
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(image_folder, tmp_path):
+    out = tmp_path / "diverged"
+    run = launch(
+        TRAIN,
+        train_args(image_folder, out, 10, checkpointing_steps=1, learning_rate=1e30),
+        launcher="python",
+        check=False,
+    )
+    assert run.returncode != 0
+    message = [line for line in run.stderr.splitlines() if "Non-finite loss" in line][-1]
+    step = int(message.split(" at step ")[1].split(":")[0])
+    assert f"The last good checkpoint is {out / f'checkpoint-{step - 1}'}" in message
+    assert checkpoints(out)[-1] == f"checkpoint-{step - 1}"
+    from diffusers_mpdit import MPDiTTransformer2DModel
+
+    model = MPDiTTransformer2DModel.from_pretrained(out / f"checkpoint-{step - 1}" / "transformer")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_damaged_checkpoint_is_a_clear_error(image_folder, tmp_path):
+    out = tmp_path / "run"
+    launch(TRAIN, train_args(image_folder, out, 2), launcher="python")
+    (out / "checkpoint-2" / "optimizer.bin").unlink()
+    run = launch(
+        TRAIN, train_args(image_folder, out, 4, resume_from_checkpoint="latest"), launcher="python", check=False
+    )
+    assert run.returncode != 0 and "is damaged or incomplete: missing ['optimizer.bin']" in run.stderr
+
+
+def test_latent_cache_extracted_on_two_processes_then_trained_on(image_folder, vae_dir, tmp_path):
+    flags = ["--train_data_dir", str(image_folder), "--pretrained_vae", str(vae_dir), "--resolution", "16"]
+    flags += ["--batch_size", "5", "--shard_size", "6"]
+    launch(EXTRACT, flags + ["--output_dir", str(tmp_path / "one")], launcher="python")
+    launch(EXTRACT, flags + ["--output_dir", str(tmp_path / "two")], launcher="torchrun", nproc=2)
+    one, two = LatentCacheDataset(tmp_path / "one"), LatentCacheDataset(tmp_path / "two")
+    assert len(two) == 24 and any("rank001" in s for s in two.index["shards"])
+    torch.testing.assert_close(two.mean, one.mean)
+    np.testing.assert_allclose(two.index["latents_std"], one.index["latents_std"], rtol=1e-6)
+    assert two.id2label == dict(enumerate(CLASSES)) and two.labels.tolist() == [i // 8 for i in range(24)]
+
+    out = tmp_path / "trained"
+    launch(
+        TRAIN,
+        train_args(None, out, 2, latents_dir=tmp_path / "two", resolution=None, random_flip=True),
+        launcher="python",
+    )
+    pipe = MPDiTPipeline.from_pretrained(out)
+    assert list(pipe.vae.config.latents_mean) == pytest.approx(one.index["latents_mean"])
+    assert pipe.vae.config.scaling_factor == 1.0 and pipe.transformer.config.sample_size == 8
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(class_labels=[0], num_inference_steps=2).images[0].size == (16, 16)
+
+
+def test_on_the_fly_vae_and_a_datasets_dataset_with_push_to_hub(image_folder, vae_dir, tmp_path, hub):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    images = sorted(image_folder.glob("*/*.png"))
+    table = Dataset.from_dict(
+        {"img": [str(p) for p in images], "cls": [CLASSES.index(p.parent.name) for p in images]},
+        features=Features({"img": ImageFeature(), "cls": Value("int64")}),
+    )
+    (tmp_path / "parquet").mkdir()
+    table.to_parquet(str(tmp_path / "parquet" / "train.parquet"))
+
+    out = tmp_path / "vae-run"
+    flags = train_args(None, out, 2, dataset_name=tmp_path / "parquet", image_column="img", label_column="cls")
+    flags += ["--pretrained_vae", str(vae_dir), "--push_to_hub", "--hub_model_id", "alice/trained-tiny"]
+    flags += ["--hub_token", "hf_alice_write"]
+    launch(TRAIN, flags, launcher="python")
+    pipe = MPDiTPipeline.from_pretrained("alice/trained-tiny")
+    assert (
+        pipe.vae is not None and pipe.transformer.config.num_classes == 3 and pipe.id2label == {0: "0", 1: "1", 2: "2"}
+    )
+    from huggingface_hub import HfApi, hf_hub_download
+
+    files = HfApi(token="hf_alice_write").list_repo_files("alice/trained-tiny")
+    assert "samples/final.png" in files
+    card = open(hf_hub_download("alice/trained-tiny", "README.md", token="hf_alice_write")).read()
+    assert "| steps | 2 |" in card and "![samples](samples/final.png)" in card and "logit_normal" in card
+
+    bad = launch(
+        TRAIN, train_args(None, tmp_path / "bad", 2, dataset_name=tmp_path / "parquet"), launcher="python", check=False
+    )
+    assert bad.returncode != 0 and "--image_column 'image' is not a column of the dataset" in bad.stderr
+
+
+def test_steps_per_epoch_and_bad_arguments(image_folder, tmp_path):
+    run = launch(
+        TRAIN, train_args(image_folder, tmp_path / "x", 2, train_batch_size=32), launcher="python", check=False
+    )
+    assert run.returncode != 0 and "24 samples do not fill one step of 32" in run.stderr
+    run = launch(TRAIN, ["--output_dir", str(tmp_path / "y")], launcher="python", check=False)
+    assert run.returncode == 2 and "exactly one of --train_data_dir, --dataset_name, --latents_dir" in run.stderr
