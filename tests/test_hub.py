@@ -116,7 +116,9 @@ def test_card_usage_snippets_run_against_pushed_tiny_models(hub, tmp_path):
     }
     scripts = []
     for template in TEMPLATES:
-        pipe = pipelines[{"mpdit-demo": "demo", "mpdit": "custom", "mpdit-trained": "custom"}.get(template, "imagenet")]
+        pipe = pipelines[
+            {"mpdit-demo": "demo", "mpdit": "custom", "mpdit-trained": "custom"}.get(template, "imagenet")
+        ]
         repo_id = f"alice/snippet-{template}"
         pipe.push_to_hub(repo_id, token=ALICE, card_template=template, card_values=card_values(template, repo_id))
         readme = hf_hub_download(repo_id, "README.md", token=ALICE)
