@@ -348,3 +348,27 @@ def test_steps_per_epoch_and_bad_arguments(image_folder, tmp_path):
     assert run.returncode != 0 and "24 samples do not fill one step of 32" in run.stderr
     run = launch(TRAIN, ["--output_dir", str(tmp_path / "y")], launcher="python", check=False)
     assert run.returncode == 2 and "exactly one of --train_data_dir, --dataset_name, --latents_dir" in run.stderr
+
+
+def test_tensorboard_bf16_checkpointing_and_workers(image_folder, tmp_path):
+    out = tmp_path / "knobs"
+    flags = train_args(
+        image_folder,
+        out,
+        3,
+        report_to="tensorboard",
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        dataloader_num_workers=1,
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=2,
+        max_grad_norm=1.0,
+    )
+    launch(TRAIN, flags)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"loss", "lr", "steps_per_sec", "images_per_sec"} <= set(events.Tags()["scalars"])
+    assert [round(e.value, 6) for e in events.Scalars("lr")] == [0.0001, 0.0002, 0.0002]  # warm-up, then constant
+    assert MPDiTPipeline.from_pretrained(out).transformer.dtype == torch.float32

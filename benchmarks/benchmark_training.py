@@ -1,0 +1,143 @@
+"""Training throughput and peak memory: MPDiT-B/4x against the isotropic configuration of the same code.
+
+    python benchmarks/benchmark_training.py [--batch-size 4] [--repeats 5] [--device cuda --mixed-precision bf16]
+
+The isotropic baseline is `MPDiTTransformer2DModel` with one level on 2x2 patches and the same width and total depth
+(a SiT/DiT-B/2 with MPDiT's embeddings). A step is what `examples/train_mpdit.py` does: flow times, noise and label
+dropout from the shared helpers, the flow-matching loss, backward, AdamW and the EMA update. The two models alternate
+in one run; the median step time is compared. Peak memory is measured in a fresh process per model (peak RSS growth
+over the process before its first step on CPU, `max_memory_allocated` on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from diffusers.training_utils import EMAModel
+
+from diffusers_mpdit import MPDiTTransformer2DModel
+from diffusers_mpdit.training import drop_class_labels, flow_matching_loss, sample_flow_times, step_generator
+
+CONFIGS = {
+    "MPDiT-B/4x": {},
+    "isotropic B/2": {"patch_sizes": (2,), "depths": (12,)},
+}
+
+
+def build(name: str, device: torch.device):
+    torch.manual_seed(0)
+    model = MPDiTTransformer2DModel.from_preset("MPDiT-B/4x", **CONFIGS[name]).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), decay=0.9999, min_decay=0.9999)
+    ema.to(device)
+    return model, optimizer, ema
+
+
+def make_step(model, optimizer, ema, batch_size, device, autocast_dtype):
+    counter = iter(range(10**9))
+
+    def step():
+        g = step_generator(0, next(counter))
+        data = torch.randn(batch_size, 4, 32, 32, generator=g).to(device)
+        noise = torch.randn(batch_size, 4, 32, 32, generator=g).to(device)
+        t = sample_flow_times(batch_size, generator=g).to(device)
+        labels = drop_class_labels(torch.randint(0, 1000, (batch_size,), generator=g), 1000, 0.1, generator=g)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = flow_matching_loss(model, data, noise, t, labels.to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+
+    return step
+
+
+def measure_memory(name: str, args) -> float:
+    """Runs in a child process: peak memory growth of three training steps, in GiB."""
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+    model, optimizer, ema = build(name, device)
+    step = make_step(model, optimizer, ema, args.batch_size, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(3):
+            step()
+        return (torch.cuda.max_memory_allocated() - base) / 2**30
+    before = _rss_gib()
+    for _ in range(3):
+        step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - before
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        print(json.dumps(measure_memory(args.memory_of, args)))
+        return
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = {name: make_step(*build(name, device), args.batch_size, device, dtype) for name in CONFIGS}
+    for step in steps.values():
+        step()  # warm-up
+    times = {name: [] for name in CONFIGS}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    del steps
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, mixed precision {args.mixed_precision}"
+    )
+    print(f"batch {args.batch_size} at 256 px (32x32x4 latents), median of {args.repeats}\n")
+    print("| model | s/step | steps/s | images/s | peak memory |\n| --- | --- | --- | --- | --- |")
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, seconds in medians.items():
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-of",
+                name,
+                "--batch-size",
+                str(args.batch_size),
+                "--device",
+                args.device,
+            ]
+            + ["--mixed-precision", args.mixed_precision],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        memory = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {seconds:.3f} | {1 / seconds:.3f} | {args.batch_size / seconds:.2f} | {memory:.2f} GiB |")
+    ratio = medians["MPDiT-B/4x"] / medians["isotropic B/2"]
+    print(f"\nMPDiT-B/4x step time / isotropic: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
