@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--label_column", default="label")
     data.add_argument("--latents_dir", help="latent cache written by examples/extract_latents.py")
     data.add_argument("--max_train_samples", type=int)
-    data.add_argument("--resolution", type=int, help="image side (default: the latent cache's, else 256)")
+    data.add_argument(
+        "--resolution", type=int, help="image side for image data (default 256; a latent cache has its own)"
+    )
     data.add_argument(
         "--image_preprocessing",
         choices=["center_crop", "pad"],
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     vae, latent_config = None, None
     if args.latents_dir:
         dataset = LatentCacheDataset(args.latents_dir)
-        id2label, resolution = dataset.id2label, dataset.index["resolution"]
+        id2label = dataset.id2label
         channels, sample_size = dataset.index["latent_shape"][0], dataset.index["latent_shape"][1]
         latent_config = argparse.Namespace(
             latents_mean=dataset.index["latents_mean"], latents_std=dataset.index["latents_std"], scaling_factor=1.0
@@ -343,9 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         ema.load_state_dict(loaded_ema.state_dict())
         ema.to(accelerator.device)
         for _ in range(len(models)):
-            m = models.pop()
             loaded = MPDiTTransformer2DModel.from_pretrained(directory, subfolder="transformer")
-            m.load_state_dict(loaded.state_dict())
+            unwrap(models.pop()).load_state_dict(loaded.state_dict())
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -415,12 +416,17 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(
         f"{len(dataset)} samples, {total} per step, {steps_per_epoch} steps per epoch, {max_train_steps} steps"
     )
-    null_class = model_config(model).num_classes
+    null_class = unwrap(model).config.num_classes
     rank_slice = slice(
         accelerator.process_index * args.train_batch_size, (accelerator.process_index + 1) * args.train_batch_size
     )
     data_shape = (global_batch, channels, sample_size, sample_size)
     validation_classes = parse_validation_classes(args.validation_classes, id2label)
+
+    def grid(step: int, name: str | None = None):
+        return sample_grid(
+            args, accelerator, unwrap(model), ema, vae_source, latent_config, id2label, validation_classes, step, name
+        )
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
@@ -486,17 +492,7 @@ def main(argv: list[str] | None = None) -> None:
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if args.validation_steps and global_step % args.validation_steps == 0:
-                sample_grid(
-                    args,
-                    accelerator,
-                    unwrap(model),
-                    ema,
-                    vae_source,
-                    latent_config,
-                    id2label,
-                    validation_classes,
-                    global_step,
-                )
+                grid(global_step)
             if global_step >= max_train_steps:
                 done = True
                 break
@@ -506,28 +502,12 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         pipeline = final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
         save_pipeline(pipeline, output_dir)
-        grid = sample_grid(
-            args,
-            accelerator,
-            unwrap(model),
-            ema,
-            vae_source,
-            latent_config,
-            id2label,
-            validation_classes,
-            global_step,
-            name="final",
-        )
+        final_grid = grid(global_step, name="final")
         logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
         if args.push_to_hub:
-            push(args, pipeline, grid, len(dataset), global_step, total)
+            push(args, pipeline, final_grid, len(dataset), global_step, total)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def model_config(model):
-    model = model.module if hasattr(model, "module") else model
-    return (model._orig_mod if is_compiled_module(model) else model).config
 
 
 def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, accelerator) -> torch.Tensor:

@@ -239,19 +239,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(image_folder, tmp_path):
-    one = launch(TRAIN, train_args(image_folder, tmp_path / "one", 4, checkpointing_steps=4, random_flip=True))
-    two = launch(
+    one = launch(TRAIN, train_args(image_folder, tmp_path / "one", 6, random_flip=True))
+    flags = {"random_flip": True, "train_batch_size": 2}
+    two = launch(TRAIN, train_args(image_folder, tmp_path / "two", 4, **flags), launcher="torchrun", nproc=2)
+    assert "DistributedType.MULTI_CPU" in two.stderr and "[RANK 1]" in two.stderr
+    assert "DistributedType.MULTI_CPU" not in one.stderr
+    # Resuming under DistributedDataParallel, too.
+    resumed = launch(
         TRAIN,
-        train_args(image_folder, tmp_path / "two", 4, checkpointing_steps=4, random_flip=True, train_batch_size=2),
+        train_args(image_folder, tmp_path / "two", 6, resume_from_checkpoint="latest", **flags),
         launcher="torchrun",
         nproc=2,
     )
-    assert "DistributedType.MULTI_CPU" in two.stderr and "[RANK 1]" in two.stderr
-    assert "DistributedType.MULTI_CPU" not in one.stderr
+    assert "at step 4" in resumed.stderr
     # Only the order of floating-point reductions differs.
-    assert_same_weights(
-        tmp_path / "one" / "checkpoint-4" / "transformer", tmp_path / "two" / "checkpoint-4" / "transformer", atol=1e-5
-    )
+    for step in (4, 6):
+        assert_same_weights(
+            tmp_path / "one" / f"checkpoint-{step}" / "transformer",
+            tmp_path / "two" / f"checkpoint-{step}" / "transformer",
+            atol=1e-5,
+        )
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(image_folder, tmp_path):

@@ -7,13 +7,15 @@ from typing import Any
 import torch
 
 
-def _stats(vae_config: Any, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _shift_and_scale(vae_config: Any, latents: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """(shift, scale) with model latents = (z - shift) * scale."""
     mean, std = getattr(vae_config, "latents_mean", None), getattr(vae_config, "latents_std", None)
     if mean is None or std is None:
-        return None
+        return getattr(vae_config, "shift_factor", None) or 0.0, vae_config.scaling_factor
     shape = (1, -1) + (1,) * (latents.ndim - 2)
-    as_tensor = lambda v: torch.tensor(v, device=latents.device, dtype=latents.dtype).view(shape)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
+    std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+    return mean, vae_config.scaling_factor / std
 
 
 def normalize_latents(latents: torch.Tensor, vae_config: Any | None) -> torch.Tensor:
@@ -29,12 +31,8 @@ def normalize_latents(latents: torch.Tensor, vae_config: Any | None) -> torch.Te
     """
     if vae_config is None:
         return latents
-    scaling = vae_config.scaling_factor
-    stats = _stats(vae_config, latents)
-    if stats is not None:
-        mean, std = stats
-        return (latents - mean) * scaling / std
-    return (latents - (getattr(vae_config, "shift_factor", None) or 0.0)) * scaling
+    shift, scale = _shift_and_scale(vae_config, latents)
+    return (latents - shift) * scale
 
 
 def denormalize_latents(latents: torch.Tensor, vae_config: Any | None) -> torch.Tensor:
@@ -46,9 +44,5 @@ def denormalize_latents(latents: torch.Tensor, vae_config: Any | None) -> torch.
     """
     if vae_config is None:
         return latents
-    scaling = vae_config.scaling_factor
-    stats = _stats(vae_config, latents)
-    if stats is not None:
-        mean, std = stats
-        return latents * std / scaling + mean
-    return latents / scaling + (getattr(vae_config, "shift_factor", None) or 0.0)
+    shift, scale = _shift_and_scale(vae_config, latents)
+    return latents / scale + shift
