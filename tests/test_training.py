@@ -379,3 +379,30 @@ def test_tensorboard_bf16_checkpointing_and_workers(image_folder, tmp_path):
     assert {"loss", "lr", "steps_per_sec", "images_per_sec"} <= set(events.Tags()["scalars"])
     assert [round(e.value, 6) for e in events.Scalars("lr")] == [0.0001, 0.0002, 0.0002]  # warm-up, then constant
     assert MPDiTPipeline.from_pretrained(out).transformer.dtype == torch.float32
+
+
+def test_prepare_fashion_mnist_writes_a_labelled_parquet_dataset(tmp_path):
+    import gzip
+
+    from datasets import load_dataset
+
+    def write_idx(path, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "idx"
+    source.mkdir()
+    pixels = {}
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        pixels[prefix] = rng.integers(0, 256, (n, 28, 28))
+        write_idx(source / f"{prefix}-images-idx3-ubyte.gz", pixels[prefix])
+        write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    script = str(ROOT / "examples" / "prepare_fashion_mnist.py")
+    launch(script, ["--source_dir", str(source), "--output_dir", str(tmp_path / "out")], launcher="python")
+    train = load_dataset(str(tmp_path / "out"), split="train")
+    assert len(train) == 12 and train.features["label"].names[7] == "sneaker"
+    assert train[3]["image"].size == (28, 28) and train[3]["label"] == 3
+    np.testing.assert_array_equal(np.stack([np.array(train[i]["image"]) for i in range(12)]), pixels["train"])
+    assert len(load_dataset(str(tmp_path / "out"), split="test")) == 5
