@@ -423,10 +423,13 @@ def main(argv: list[str] | None = None) -> None:
     data_shape = (global_batch, channels, sample_size, sample_size)
     validation_classes = parse_validation_classes(args.validation_classes, id2label)
 
-    def grid(step: int, name: str | None = None):
-        return sample_grid(
-            args, accelerator, unwrap(model), ema, vae_source, latent_config, id2label, validation_classes, step, name
-        )
+    def ema_pipeline():
+        return final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
+
+    def grid(step: int, pipeline: MPDiTPipeline | None = None, name: str | None = None):
+        if not accelerator.is_main_process:
+            return None
+        return sample_grid(args, accelerator, pipeline or ema_pipeline(), validation_classes, step, name)
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
@@ -500,9 +503,9 @@ def main(argv: list[str] | None = None) -> None:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
+        pipeline = ema_pipeline()
         save_pipeline(pipeline, output_dir)
-        final_grid = grid(global_step, name="final")
+        final_grid = grid(global_step, pipeline, name="final")
         logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
         if args.push_to_hub:
             push(args, pipeline, final_grid, len(dataset), global_step, total)
@@ -566,11 +569,9 @@ def save_pipeline(pipeline: MPDiTPipeline, output_dir: Path) -> None:
 
 
 @torch.no_grad()
-def sample_grid(args, accelerator, model, ema, vae_source, latent_config, id2label, classes, step, name=None):
-    """A PNG grid of the EMA model's samples for fixed classes and a fixed seed (main process only)."""
-    if not accelerator.is_main_process:
-        return None
-    pipeline = final_pipeline(model, ema, vae_source, latent_config, id2label).to(accelerator.device)
+def sample_grid(args, accelerator, pipeline: MPDiTPipeline, classes, step, name=None) -> Path:
+    """A PNG grid of `pipeline`'s samples (the EMA model) for fixed classes and a fixed seed."""
+    pipeline = pipeline.to(accelerator.device)
     pipeline.set_progress_bar_config(disable=True)
     images = pipeline(
         class_labels=classes,
