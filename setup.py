@@ -9,7 +9,18 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"diffusers_mpdit": ["data/*.json"]},
+    package_data={
+        "diffusers_mpdit": [
+            "data/*.json",
+            "hub_cards/*.md",
+            "bundled/*/*.json",
+            "bundled/*/*.md",
+            "bundled/*/*.sh",
+            "bundled/*/*/*.json",
+            "bundled/*/*/*.safetensors",
+            "bundled/*/*/*.png",
+        ]
+    },
     python_requires=">=3.10",
     # torch is a requirement, but install it first yourself: a bare `torch` from PyPI is a multi-GB CUDA build.
     install_requires=[
@@ -25,9 +36,9 @@ setup(
         "train": ["datasets>=3.0", "tensorboard>=2.14", "tqdm>=4.60"],
         "demo": ["gradio>=5.0"],
         "xformers": ["xformers>=0.0.28"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10", "PyYAML>=6.0"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10", "PyYAML>=6.0", "playwright>=1.40", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["mpdit = diffusers_mpdit.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

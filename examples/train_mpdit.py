@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
     recipe.add_argument("--num_train_epochs", type=int, default=400)
     recipe.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    recipe.add_argument(
+        "--max_train_minutes",
+        type=float,
+        help="also stop after this much training time (steps only; checkpoints and grids not counted; resumes add up)",
+    )
     recipe.add_argument("--seed", type=int, default=0)
 
     infra = p.add_argument_group("infrastructure")
@@ -221,18 +226,21 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def check_checkpoint(path: Path) -> int:
-    """Returns the checkpoint's step, or raises naming what is missing."""
+def check_checkpoint(path: Path) -> dict:
+    """Returns the checkpoint's `training_state.json` (`global_step`, `train_seconds`), or raises naming what is
+    missing."""
     if not path.is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {str(path)!r} is not a folder.")
     missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
     if missing:
         raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
     state = json.loads((path / "training_state.json").read_text())
-    return int(state["global_step"])
+    return {"global_step": int(state["global_step"]), "train_seconds": float(state.get("train_seconds", 0.0))}
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None, train_seconds: float
+) -> Path:
     """Saves the full accelerator state under a temporary name and renames it, so a crash never leaves a broken
     checkpoint behind; then prunes the oldest ones beyond `total_limit`."""
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".tmp-checkpoint-{step}"
@@ -242,7 +250,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
+        (tmp / "training_state.json").write_text(json.dumps({"global_step": step, "train_seconds": train_seconds}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if total_limit is not None:
@@ -395,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
-    global_step = 0
+    global_step, train_seconds = 0, 0.0
     if args.resume_from_checkpoint:
         if args.resume_from_checkpoint == "latest":
             found = list_checkpoints(output_dir)
@@ -405,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         if path is None:
             logger.info("No checkpoint to resume from; starting a new run.")
         else:
-            global_step = check_checkpoint(path)
+            state = check_checkpoint(path)
+            global_step, train_seconds = state["global_step"], state["train_seconds"]
             try:
                 accelerator.load_state(str(path))
             except Exception as error:
@@ -436,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     start_epoch = global_step // steps_per_epoch
     last_log = time.perf_counter()
-    done = global_step >= max_train_steps
+    done = global_step >= max_train_steps or out_of_time(args, accelerator, train_seconds)
     for epoch in range(start_epoch, num_epochs):
         if done:
             break
@@ -483,20 +492,27 @@ def main(argv: list[str] | None = None) -> None:
             global_step += 1
             progress.update(1)
             now = time.perf_counter()
+            train_seconds += now - last_log
             logs = {
                 "loss": losses.mean().item(),
                 "lr": lr_scheduler.get_last_lr()[0],
                 "steps_per_sec": 1.0 / max(now - last_log, 1e-9),
                 "images_per_sec": total / max(now - last_log, 1e-9),
             }
-            last_log = now
             progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=logs["lr"])
             accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            out_of_steps, timed_out = global_step >= max_train_steps, out_of_time(args, accelerator, train_seconds)
+            if global_step % args.checkpointing_steps == 0 or (timed_out and not out_of_steps):
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, train_seconds)
             if args.validation_steps and global_step % args.validation_steps == 0:
                 grid(global_step)
-            if global_step >= max_train_steps:
+            # Checkpoints and grids are not training time.
+            last_log = time.perf_counter()
+            if out_of_steps or timed_out:
+                if timed_out:
+                    logger.info(
+                        f"Stopping at step {global_step}: --max_train_minutes {args.max_train_minutes} reached"
+                    )
                 done = True
                 break
     progress.close()
@@ -511,6 +527,14 @@ def main(argv: list[str] | None = None) -> None:
             push(args, pipeline, final_grid, len(dataset), global_step, total)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def out_of_time(args, accelerator: Accelerator, train_seconds: float) -> bool:
+    """Whether `--max_train_minutes` is spent; the main process decides, so every process stops at the same step."""
+    if args.max_train_minutes is None:
+        return False
+    flag = torch.tensor([float(train_seconds >= 60 * args.max_train_minutes)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
 
 
 def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, accelerator) -> torch.Tensor:

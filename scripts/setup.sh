@@ -10,4 +10,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q -e ".[dev,train${EXTRAS:+,$EXTRAS}]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,train,demo${EXTRAS:+,$EXTRAS}]"
+# The Space's browser test drives Debian's chromium (Playwright's own browser download is not reachable here).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+  if [ "$SUDO" = none ]; then
+    echo "setup: chromium is missing and cannot be installed without root; the browser test will fail" >&2
+  else
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+fi

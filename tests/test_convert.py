@@ -4,6 +4,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,12 +136,15 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
-def test_command_line(tmp_path):
+MPDIT = str(Path(sys.executable).with_name("mpdit"))  # the console script of the installed package
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "diffusers_mpdit.convert"], [MPDIT, "convert"]])
+def test_command_line(tmp_path, command):
     ckpt = official_checkpoint(tmp_path / "official.pt", levels=3, depths=(1, 1, 1))
     out = tmp_path / "cli"
     run = subprocess.run(
-        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(out)]
-        + ["--weights", "model", "--num-heads", "4"],
+        command + ["--checkpoint", str(ckpt), "--output", str(out), "--weights", "model", "--num-heads", "4"],
         capture_output=True,
         text=True,
     )
@@ -150,7 +154,7 @@ def test_command_line(tmp_path):
     assert list(model.config.patch_sizes) == [8, 4, 2] and model.config.num_attention_heads == 4
 
     bad = subprocess.run(
-        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(tmp_path / "nope.pt"), "--output", "x"],
+        command + ["--checkpoint", str(tmp_path / "nope.pt"), "--output", "x"],
         capture_output=True,
         text=True,
     )

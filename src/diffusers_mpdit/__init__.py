@@ -10,8 +10,11 @@ from .training import denormalize_latents, normalize_latents
 
 # Path for `DiffusionPipeline.from_pretrained(path, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)`.
 CUSTOM_PIPELINE = os.path.join(os.path.dirname(__file__), "custom_pipeline.py")
+# The demo model that ships with the package: Fashion-MNIST, pixel space, 32x32 grey (see its README.md).
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "bundled", "mpdit-fashion-mnist")
 
 __all__ = [
+    "BUNDLED_MODEL",
     "CUSTOM_PIPELINE",
     "PRESETS",
     "MPDiTPipeline",

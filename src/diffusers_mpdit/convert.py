@@ -398,9 +398,9 @@ def save_atomically(model: MPDiTTransformer2DModel | MPDiTPipeline, output_dir: 
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m diffusers_mpdit.convert") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusers_mpdit.convert",
+        prog=prog,
         description="Convert an official MPDiT checkpoint (.pt) to a diffusers model folder (safetensors).",
     )
     parser.add_argument("--checkpoint", required=True, help="official .pt checkpoint")
@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m diffusers_mpdit.convert") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         converted = convert_checkpoint(
             args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite, vae=args.vae

@@ -1,0 +1,145 @@
+"""MPDiT Gradio Space: class-conditional image generation on CPU or GPU.
+
+    python space/app.py [--model PATH_OR_HUB_ID] [--port 7860]
+
+Without `--model` it serves the Fashion-MNIST demo model that ships with diffusers-mpdit. One generation runs at a
+time (`--concurrency`), and at most `--max-queue` requests wait, so a crowd cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import gradio as gr
+import torch
+
+from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
+from diffusers_mpdit.pipelines.schedulers import SCHEDULERS, make_scheduler
+
+MAX_IMAGES = 8
+MAX_STEPS = 100
+MAX_GUIDANCE = 10.0
+MAX_SEED = 2**31 - 1
+# Small models draw tiny images; the gallery shows them at least this big (nearest neighbour keeps the pixels sharp).
+MIN_DISPLAY = 256
+
+
+def load(model: str, device: str | None = None) -> MPDiTPipeline:
+    if device is None:
+        device = torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return MPDiTPipeline.from_pretrained(model, dtype=dtype).to(device)
+
+
+def class_choices(pipe: MPDiTPipeline) -> list[tuple[str, int]]:
+    """(shown name, class id) for the picker: the model's names (the first synonym), or the ids."""
+    num_classes = pipe.transformer.config.num_classes
+    if not pipe.id2label:
+        return [(f"class {i}", i) for i in range(num_classes)]
+    return [(f"{pipe.id2label[i]} ({i})", i) for i in range(num_classes)]
+
+
+def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
+    """The Space's interface around one loaded pipeline.
+
+    Args:
+        pipe (`MPDiTPipeline`): The model to serve.
+        title (`str`): Page heading.
+    """
+    choices = class_choices(pipe)
+    valid_ids = {class_id for _, class_id in choices}
+    scheduler_config = dict(pipe.scheduler.config)
+
+    def generate(
+        class_id,
+        num_images,
+        steps,
+        guidance,
+        low,
+        high,
+        seed,
+        randomize,
+        scheduler,
+        progress=gr.Progress(),  # noqa: B008 (how Gradio injects it)
+    ):
+        if class_id not in valid_ids:
+            raise gr.Error("Pick a class from the list.")
+        if not (1 <= num_images <= MAX_IMAGES and 1 <= steps <= MAX_STEPS and 0 <= guidance <= MAX_GUIDANCE):
+            raise gr.Error(f"Images must be 1-{MAX_IMAGES}, steps 1-{MAX_STEPS} and guidance 0-{MAX_GUIDANCE}.")
+        if not 0 <= low < high <= 1:
+            raise gr.Error("The guidance interval needs 0 <= start < end <= 1.")
+        if scheduler not in SCHEDULERS:
+            raise gr.Error(f"Scheduler must be one of {', '.join(SCHEDULERS)}.")
+        seed = random.randint(0, MAX_SEED) if randomize else int(seed)
+        if not 0 <= seed <= MAX_SEED:
+            raise gr.Error(f"Seed must be 0-{MAX_SEED}.")
+        num_images, steps = int(num_images), int(steps)
+        pipe.scheduler = make_scheduler(scheduler, scheduler_config)
+        progress((0, steps), desc="sampling")
+
+        def on_step_end(_pipe, i, _t, tensors):
+            progress((i + 1, steps), desc="sampling")
+            return tensors
+
+        images = pipe(
+            class_labels=[class_id] * num_images,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            guidance_interval=None if (low, high) == (0.0, 1.0) else (low, high),
+            generator=[torch.Generator().manual_seed(seed + i) for i in range(num_images)],
+            callback_on_step_end=on_step_end,
+        ).images
+        name = dict((v, k) for k, v in choices)[class_id]
+        return [(upscale(image), f"{name}, seed {seed + i}") for i, image in enumerate(images)], seed
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}\nClass-conditional generation with MPDiT (Dao and Metaxas, CVPR 2026).")
+        with gr.Row():
+            with gr.Column():
+                class_picker = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True)
+                num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+                steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Sampling steps")
+                guidance = gr.Slider(0, MAX_GUIDANCE, value=1.5, step=0.1, label="Guidance scale (1 = off)")
+                with gr.Row():
+                    low = gr.Slider(0, 1, value=0, step=0.05, label="Guidance from t =")
+                    high = gr.Slider(0, 1, value=1, step=0.05, label="to t = (1 is noise)")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                    randomize = gr.Checkbox(value=True, label="Random seed")
+                scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
+                button = gr.Button("Generate", variant="primary")
+            gallery = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="samples")
+        inputs = [class_picker, num_images, steps, guidance, low, high, seed, randomize, scheduler]
+        gr.Examples(
+            [[choices[i % len(choices)][1], 4, 25, 1.5, 0, 1, i, False, "euler"] for i in (0, 5, 9)]
+            + [[choices[1][1], 4, 10, 1.5, 0, 1, 0, False, "heun"]],
+            inputs=inputs,
+        )
+        button.click(generate, inputs=inputs, outputs=[gallery, seed])
+    return demo
+
+
+def upscale(image):
+    from PIL import Image
+
+    factor = max(1, -(-MIN_DISPLAY // max(image.size)))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
+    parser.add_argument("--device", default=None, help="default: the accelerator if any, else cpu")
+    parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME (a Space sets it) or 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    parser.add_argument("--concurrency", type=int, default=1, help="generations at a time")
+    parser.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait")
+    args = parser.parse_args(argv)
+    demo = build_demo(load(args.model, args.device))
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    demo.launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The `mpdit` command: generate labelled image grids, convert official checkpoints, list class names.
+
+    mpdit generate [--model PATH_OR_HUB_ID] [--class NAME_OR_ID ...] [--num-images 4] [--steps 50] [--guidance 1.5]
+                   [--seed 0] [--scheduler euler] -o grid.png
+    mpdit convert --checkpoint official.pt --output DIR [...]
+    mpdit labels [MODEL]
+
+Without `--model`, the bundled Fashion-MNIST demo model is used. Errors are one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from . import BUNDLED_MODEL
+from .pipelines.schedulers import SCHEDULERS
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Small models draw tiny images; the grid upscales them (nearest neighbour) to at least this many pixels a side.
+MIN_CELL = 128
+MAX_DEFAULT_CLASSES = 16
+
+
+class CommandError(Exception):
+    """A user error, printed as one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one `-h` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} -h`)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a flow time in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="mpdit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,labels}")
+
+    generate = commands.add_parser("generate", help="write a labelled grid of generated images")
+    generate.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
+    generate.add_argument(
+        "--class",
+        dest="classes",
+        action="extend",
+        nargs="+",
+        metavar="NAME_OR_ID",
+        help=f"class names or ids, one grid row each (default: every class, for models with <= {MAX_DEFAULT_CLASSES})",
+    )
+    generate.add_argument("--num-images", type=positive_int, default=4, help="images per class (default 4)")
+    generate.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
+    generate.add_argument("--guidance", type=non_negative_float, default=1.5, help="CFG scale, 1 = off (default 1.5)")
+    generate.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=unit_float,
+        metavar=("LOW", "HIGH"),
+        help="apply guidance only for flow times in [LOW, HIGH] (1 = noise)",
+    )
+    generate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    generate.add_argument("--scheduler", choices=list(SCHEDULERS), default="euler", help="sampler (default euler)")
+    generate.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
+    generate.add_argument("--device", default=None, help="torch device (default: the accelerator if any, else cpu)")
+    generate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    generate.add_argument("-o", "--output", required=True, help=f"grid image file ({', '.join(IMAGE_SUFFIXES)})")
+
+    convert = commands.add_parser(
+        "convert", help="convert an official checkpoint (see `mpdit convert -h`)", add_help=False
+    )
+    convert.add_argument("args", nargs=argparse.REMAINDER)
+
+    labels = commands.add_parser("labels", help="list a model's class ids and names")
+    labels.add_argument("model", nargs="?", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:
+        from .convert import main as convert_main
+
+        return convert_main(argv[1:], prog="mpdit convert")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "labels":
+            return list_labels(args)
+        return generate(args)
+    except CommandError as error:
+        parser.exit(2, f"mpdit {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "mpdit: interrupted\n")
+    except BrokenPipeError:  # e.g. `mpdit labels | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from .pipelines import MPDiTPipeline
+
+    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise CommandError(f"model {model!r}: no such folder (give a pipeline folder or a Hub id like org/name)")
+    diffusers_logging.disable_progress_bar()  # the component-loading bar is noise next to the sampling bar
+    try:
+        pipe = MPDiTPipeline.from_pretrained(os.path.expanduser(model), dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"model {model!r}: cannot load it: {one_line(error)}") from None
+    finally:
+        diffusers_logging.enable_progress_bar()
+    if device is None:
+        device = torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
+    try:
+        return pipe.to(device)
+    except (RuntimeError, AssertionError) as error:
+        raise CommandError(f"--device {device!r}: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.split())
+
+
+def list_labels(args) -> int:
+    pipe = load_pipeline(args.model)
+    num_classes = pipe.transformer.config.num_classes
+    if not pipe.id2label:
+        print(f"{args.model} has {num_classes} classes (ids 0-{num_classes - 1}) and no names")
+        return 0
+    for class_id in range(num_classes):
+        print(f"{class_id}\t{pipe.id2label.get(class_id, '')}")
+    return 0
+
+
+def resolve_classes(pipe, values: list[str] | None) -> list[int]:
+    num_classes = pipe.transformer.config.num_classes
+    if not values:
+        if num_classes > MAX_DEFAULT_CLASSES:
+            raise CommandError(f"this model has {num_classes} classes: choose some with --class (see `mpdit labels`)")
+        return list(range(num_classes))
+    ids = []
+    for value in values:
+        if value.strip().lstrip("-").isdigit():
+            class_id = int(value)
+            if not 0 <= class_id < num_classes:
+                raise CommandError(f"--class {value}: ids run from 0 to {num_classes - 1}")
+            ids.append(class_id)
+            continue
+        try:
+            ids.append(pipe.get_label_ids(value)[0])
+        except ValueError as error:
+            raise CommandError(
+                str(error)
+                .replace("`class_labels` got", "--class:")
+                .replace("`class_labels`", "--class")
+                .replace(" See `pipe.labels`.", " See `mpdit labels`.")
+            ) from None
+    return ids
+
+
+def generate(args) -> int:
+    import torch
+
+    from .pipelines.schedulers import make_scheduler
+
+    if not args.output.lower().endswith(IMAGE_SUFFIXES):
+        raise CommandError(f"-o {args.output!r}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise CommandError(f"-o {args.output!r}: the folder {folder!r} does not exist")
+    if args.guidance_interval and args.guidance_interval[0] >= args.guidance_interval[1]:
+        raise CommandError(f"--guidance-interval {args.guidance_interval}: LOW must be below HIGH")
+
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    class_ids = resolve_classes(pipe, args.classes)
+    requests = [class_id for class_id in class_ids for _ in range(args.num_images)]
+    batches = [range(i, min(i + args.batch_size, len(requests))) for i in range(0, len(requests), args.batch_size)]
+    images = []
+    for n, batch in enumerate(batches):
+        pipe.set_progress_bar_config(desc=f"batch {n + 1}/{len(batches)}" if len(batches) > 1 else "sampling")
+        images += pipe(
+            class_labels=[requests[i] for i in batch],
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+            generator=[torch.Generator().manual_seed(args.seed + i) for i in batch],
+        ).images
+    names = [pipe.id2label.get(c, str(c)) if pipe.id2label else str(c) for c in class_ids]
+    grid = labelled_grid(images, names, args.num_images)
+    save_image(grid, args.output)
+    print(
+        f"wrote {args.output}: {len(class_ids)} classes x {args.num_images} images "
+        f"({images[0].width}x{images[0].height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
+        f"seed {args.seed})"
+    )
+    return 0
+
+
+def labelled_grid(images: list, row_names: list[str], columns: int):
+    """One row per class, its name on the left; small images are upscaled by an integer factor (nearest)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = max(1, math.ceil(MIN_CELL / max(images[0].size)))
+    cell_w, cell_h = images[0].width * scale, images[0].height * scale
+    font = ImageFont.load_default(size=max(12, cell_h // 7))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(measure.textlength(name, font=font)) for name in row_names) + 16
+    pad = 4
+    grid = Image.new("RGB", (label_w + columns * (cell_w + pad), len(row_names) * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, name in enumerate(row_names):
+        top = row * (cell_h + pad)
+        draw.text((8, top + cell_h // 2), name, fill="black", font=font, anchor="lm")
+        for col in range(columns):
+            image = images[row * columns + col].convert("RGB")
+            grid.paste(image.resize((cell_w, cell_h), Image.NEAREST), (label_w + col * (cell_w + pad), top))
+    return grid
+
+
+def save_image(image, path: str) -> None:
+    """Writes under a temporary name in the same folder, then renames: no half-written file on failure."""
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = os.path.splitext(name)[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

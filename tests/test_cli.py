@@ -1,0 +1,92 @@
+"""The `mpdit` console command, run as installed (generate, labels; convert is in test_convert.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
+from diffusers_mpdit.cli import MIN_CELL
+
+MPDIT = str(Path(sys.executable).with_name("mpdit"))
+FASHION = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+
+def mpdit(*args, cwd=None):
+    return subprocess.run([MPDIT, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_labels_lists_the_bundled_models_classes():
+    run = mpdit("labels")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"{i}\t{name}" for i, name in enumerate(FASHION)]
+    assert mpdit("labels", BUNDLED_MODEL).stdout == run.stdout
+
+
+def test_generate_writes_a_labelled_grid_of_the_pipelines_images(tmp_path):
+    out = tmp_path / "grid.png"
+    run = mpdit(
+        "generate", "--class", "sandal", "7", "--num-images", "2", "--steps", "3", "--seed", "5", "-o", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    assert "2 classes x 2 images" in run.stdout and "sampling" in run.stderr  # the progress bar
+    assert not list(tmp_path.glob(".grid*"))  # no temporary file left behind
+    grid = np.asarray(Image.open(out).convert("L"))
+    pipe = MPDiTPipeline.from_pretrained(BUNDLED_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        class_labels=[5, 5, 7, 7],
+        num_inference_steps=3,
+        generator=[torch.Generator().manual_seed(5 + i) for i in range(4)],
+    ).images
+    cell = MIN_CELL + 4  # 32 px upscaled x4, and the gap
+    assert grid.shape[0] == 2 * cell
+    label_width = grid.shape[1] - 2 * cell
+    for i, image in enumerate(expected):
+        row, col = divmod(i, 2)
+        top, left = row * cell, label_width + col * cell
+        want = np.asarray(image.convert("L").resize((MIN_CELL, MIN_CELL), Image.NEAREST))
+        np.testing.assert_array_equal(grid[top : top + MIN_CELL, left : left + MIN_CELL], want)
+    # The row labels are drawn in the left strip.
+    assert (grid[:cell, :label_width] < 128).any() and (grid[cell:, :label_width] < 128).any()
+
+
+def test_generate_defaults_to_every_class_and_any_scheduler(tmp_path):
+    out = tmp_path / "all.jpg"
+    run = mpdit("generate", "--num-images", "1", "--steps", "2", "--scheduler", "heun", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "10 classes x 1 images" in run.stdout and "heun" in run.stdout
+    assert Image.open(out).height == 10 * (MIN_CELL + 4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class", "cot"], "--class: the unknown class name 'cot'. Closest names: 'coat'. See `mpdit labels`."),
+        (["--class", "10"], "--class 10: ids run from 0 to 9"),
+        (["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+        (["--guidance", "nan"], "argument --guidance: expected a number >= 0, got 'nan'"),
+        (["--guidance-interval", "0.8", "0.2"], "LOW must be below HIGH"),
+        (["--scheduler", "ddim"], "invalid choice: 'ddim' (choose from 'euler', 'euler-stochastic', 'heun',"),
+        (["--model", "/no/such/model"], "model '/no/such/model': no such folder"),
+        (["-o", "grid.gif"], "-o 'grid.gif': the file name must end in one of .png, .jpg, .jpeg, .webp"),
+        (["-o", "/no/such/folder/grid.png"], "the folder '/no/such/folder' does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_allowed_values(tmp_path, args, message):
+    if "-o" not in args:
+        args = [*args, "-o", str(tmp_path / "grid.png")]
+    run = mpdit("generate", "--steps", "1", *args, cwd=tmp_path)
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_folder_that_is_not_a_pipeline_is_a_clear_error(tmp_path):
+    run = mpdit("labels", str(tmp_path))
+    assert run.returncode == 2 and "no file named model_index.json" in run.stderr and "Traceback" not in run.stderr
