@@ -84,7 +84,9 @@ def evaluate(args, scorer: ClassifierScorer) -> dict:
         rows = []
         for seconds, step, path in checkpoints(run_dir, args.points):
             transformer = MPDiTTransformer2DModel.from_pretrained(path / "transformer_ema")
-            pipe = MPDiTPipeline(transformer=transformer, scheduler=final.scheduler, id2label=final.id2label)
+            pipe = MPDiTPipeline(
+                transformer=transformer, vae=final.vae, scheduler=final.scheduler, id2label=final.id2label
+            )
             score = scorer.score_pipeline(pipe, args.num_samples, args.steps, args.guidance_scale, seed=0)
             rows.append({"minutes": seconds / 60, "step": step, **score})
             print(
@@ -132,6 +134,7 @@ def main() -> None:
     p.add_argument("--num_samples", type=int, default=300, help="generated images per evaluation (class-balanced)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance_scale", type=float, default=1.5)
+    p.add_argument("--classifier_epochs", type=int, default=3)
     p.add_argument("--skip_training", action="store_true", help="evaluate the runs already in --output_dir")
     p.add_argument("--train_only", action="store_true", help="train, evaluate later with --skip_training")
     args = p.parse_args()
@@ -141,7 +144,9 @@ def main() -> None:
     if args.train_only:
         return
     torch.manual_seed(0)
-    scorer = ClassifierScorer.fit(load_split(args.data, "train"), load_split(args.data, "test"), seed=0)
+    scorer = ClassifierScorer.fit(
+        load_split(args.data, "train"), load_split(args.data, "test"), epochs=args.classifier_epochs, seed=0
+    )
     reference = scorer.reference(args.num_samples)
     print(f"classifier: A_real {reference['A_real']:.4f}, FD real train vs test {reference['FD_train_test']:.2f}")
     results = evaluate(args, scorer)

@@ -40,7 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output_json", help="also write the figures here")
     p.add_argument("--write_card", action="store_true", help="render the model's README.md (hub_cards/mpdit-demo)")
     p.add_argument("--repo_id", default="diffusers-mpdit/mpdit-fashion-mnist", help="the card's Hub id")
+    p.add_argument("--card_from_json", help="only render the card, from the --output_json of an earlier run")
     args = p.parse_args(argv)
+    if args.card_from_json:
+        saved = json.loads(Path(args.card_from_json).read_text())
+        for key in ("num_samples", "steps", "guidance_scale"):
+            setattr(args, key, saved["args"][key])
+        pipe = MPDiTPipeline.from_pretrained(args.model)
+        write_card(pipe, args, saved["reference"], saved["generated"], saved["A_gen/A_real"], saved["FD_ratio"])
+        return saved
 
     torch.manual_seed(args.seed)
     pipe = MPDiTPipeline.from_pretrained(args.model)
@@ -96,7 +104,7 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
 
     folder = Path(args.model)
     command = (folder / "train_command.sh").read_text()
-    training = " ".join(line.lstrip("# ") for line in command.splitlines()[1:3])
+    training = command.splitlines()[1].lstrip("# ")
     results = "\n".join(
         [
             f"Measured with `python benchmarks/benchmark_quality.py --num_samples {args.num_samples}` (a CNN trained on",
@@ -112,6 +120,9 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
             f"{reference['FD_train_test']:.2f} (ratio {distance_ratio:.2f}) |",
             "",
             "A_gen per class: " + ", ".join(f"{k} {v:.2f}" for k, v in generated["per_class"].items()) + ".",
+            "",
+            f"The project's quality bar is A_gen >= 0.95 x A_real ({'met' if accuracy_ratio >= 0.95 else 'not met'})"
+            f" and a Frechet distance at most 3x the real one ({'met' if distance_ratio <= 3 else 'not met'}).",
         ]
     )
     values = default_card_values(pipe, args.repo_id) | {

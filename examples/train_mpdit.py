@@ -446,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
     start_epoch = global_step // steps_per_epoch
     last_log = time.perf_counter()
     done = global_step >= max_train_steps or out_of_time(args, accelerator, train_seconds)
+    if done and global_step < max_train_steps:
+        logger.info(
+            f"--max_train_minutes {args.max_train_minutes} was already spent ({train_seconds:.0f} s): no steps"
+        )
     for epoch in range(start_epoch, num_epochs):
         if done:
             break

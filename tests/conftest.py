@@ -86,6 +86,20 @@ def tiny_pipeline(with_vae=True, id2label=None, **transformer_overrides):
     return pipe
 
 
+# The bundled demo model's classes, in order.
+FASHION_MNIST = [
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+
 CLASS_NAMES = [
     "T-shirt, top",
     "trouser",

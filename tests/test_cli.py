@@ -1,5 +1,7 @@
 """The `mpdit` console command, run as installed (generate, labels; convert is in test_convert.py)."""
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -7,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FASHION_MNIST
 from PIL import Image
 
 from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
 from diffusers_mpdit.cli import MIN_CELL
 
 MPDIT = str(Path(sys.executable).with_name("mpdit"))
-FASHION = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 def mpdit(*args, cwd=None):
@@ -23,7 +25,7 @@ def mpdit(*args, cwd=None):
 def test_labels_lists_the_bundled_models_classes():
     run = mpdit("labels")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"{i}\t{name}" for i, name in enumerate(FASHION)]
+    assert run.stdout.splitlines() == [f"{i}\t{name}" for i, name in enumerate(FASHION_MNIST)]
     assert mpdit("labels", BUNDLED_MODEL).stdout == run.stdout
 
 
@@ -90,3 +92,18 @@ def test_bad_input_is_one_line_naming_the_allowed_values(tmp_path, args, message
 def test_a_folder_that_is_not_a_pipeline_is_a_clear_error(tmp_path):
     run = mpdit("labels", str(tmp_path))
     assert run.returncode == 2 and "no file named model_index.json" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_bundled_model_card_commands_run(tmp_path):
+    card = (Path(BUNDLED_MODEL) / "README.md").read_text()
+    commands = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", card, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("mpdit ")
+    ]
+    assert len(commands) == 2
+    for command in commands:
+        run = mpdit(*shlex.split(command)[1:], cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    assert Image.open(tmp_path / "grid.png").height == 2 * (MIN_CELL + 4)

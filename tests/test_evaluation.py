@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import FASHION_MNIST
 
 from diffusers_mpdit.evaluation import (
     ClassifierScorer,
@@ -19,7 +20,6 @@ from diffusers_mpdit.evaluation import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 def random_spd(dim, rng):
@@ -82,7 +82,7 @@ def write_fake_fashion(folder: Path, per_class: int):
     from datasets import ClassLabel, Dataset, Features, Image
 
     rng = np.random.default_rng(0)
-    features = Features({"image": Image(), "label": ClassLabel(names=FASHION)})
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST)})
     for split in ("train", "test"):
         rows = {"image": [], "label": []}
         for c in range(10):
@@ -114,6 +114,32 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["generated"]["num_samples"] == 10 and set(result["generated"]["per_class"]) == set(FASHION)
+    assert result["generated"]["num_samples"] == 10 and set(result["generated"]["per_class"]) == set(FASHION_MNIST)
     assert 0 <= result["generated"]["A_gen"] <= 1 and result["generated"]["FD"] > 0
     assert "A_gen" in run.stdout and "x A_real" in run.stdout
+
+
+def test_claim_benchmark_trains_both_models_for_the_same_time_and_plots(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "claim"
+    data.mkdir()
+    write_fake_fashion(data, per_class=2)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "benchmark_claim.py"),
+            "--data",
+            str(data),
+            "--output_dir",
+            str(out),
+        ]
+        + ["--minutes", "0.02", "--batch_size", "4", "--checkpointing_steps", "1", "--points", "2"]
+        + ["--num_samples", "10", "--steps", "1", "--classifier_epochs", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads((out / "claim.json").read_text())
+    assert len(result["results"]) == 2
+    for rows in result["results"].values():
+        assert len(rows) == 2 and rows[0]["minutes"] < rows[1]["minutes"] <= 0.02 + 0.5
+    assert (out / "claim.png").stat().st_size > 10_000

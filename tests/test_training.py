@@ -1,5 +1,6 @@
 """Training: the shared helpers, and the real scripts run through `accelerate launch` and `torchrun`."""
 
+import json
 import os
 import signal
 import subprocess
@@ -278,6 +279,25 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(image
 
     model = MPDiTTransformer2DModel.from_pretrained(out / f"checkpoint-{step - 1}" / "transformer")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_max_train_minutes_stops_checkpoints_and_adds_up_over_a_resume(image_folder, tmp_path):
+    out = tmp_path / "timed"
+    budget = 0.02  # 1.2 s of steps: a few steps of the tiny model, far fewer than max_train_steps
+    run = launch(TRAIN, train_args(image_folder, out, 10_000, checkpointing_steps=10_000, max_train_minutes=budget))
+    assert "--max_train_minutes 0.02 reached" in run.stderr
+    (last,) = checkpoints(out)
+    state = json.loads((out / last / "training_state.json").read_text())
+    assert 60 * budget <= state["train_seconds"] < 60 * budget + 30 and state["global_step"] < 10_000
+    assert last == f"checkpoint-{state['global_step']}" and (out / "model_index.json").is_file()
+    # The time already spent counts: resuming with the same budget stops at once, a larger one goes on.
+    again = launch(
+        TRAIN, train_args(image_folder, out, 10_000, resume_from_checkpoint="latest", max_train_minutes=budget)
+    )
+    assert "was already spent" in again.stderr and checkpoints(out) == [last]
+    launch(TRAIN, train_args(image_folder, out, 10_000, resume_from_checkpoint="latest", max_train_minutes=2 * budget))
+    later = json.loads((out / checkpoints(out)[-1] / "training_state.json").read_text())
+    assert later["global_step"] > state["global_step"] and later["train_seconds"] >= 2 * 60 * budget
 
 
 def test_damaged_checkpoint_is_a_clear_error(image_folder, tmp_path):
