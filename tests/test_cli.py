@@ -1,5 +1,6 @@
 """The `mpdit` console command, run as installed (generate, labels; convert is in test_convert.py)."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -37,6 +38,9 @@ def test_generate_writes_a_labelled_grid_of_the_pipelines_images(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "2 classes x 2 images" in run.stdout and "sampling" in run.stderr  # the progress bar
     assert not list(tmp_path.glob(".grid*"))  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     grid = np.asarray(Image.open(out).convert("L"))
     pipe = MPDiTPipeline.from_pretrained(BUNDLED_MODEL)
     pipe.set_progress_bar_config(disable=True)

@@ -68,6 +68,9 @@ def test_convert_checkpoint_writes_safetensors_and_reproduces_reference(tmp_path
     convert_checkpoint(ckpt, out, num_attention_heads=4)
     assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
 
     model = MPDiTTransformer2DModel.from_pretrained(out)
     reference = OfficialMPDiT()

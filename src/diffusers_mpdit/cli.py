@@ -260,6 +260,9 @@ def save_image(image, path: str) -> None:
     os.close(fd)
     try:
         image.save(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the grid gets a normal file's permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

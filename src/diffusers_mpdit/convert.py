@@ -385,6 +385,9 @@ def save_atomically(model: MPDiTTransformer2DModel | MPDiTPipeline, output_dir: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp creates 0700; the output gets a normal folder's permissions
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
