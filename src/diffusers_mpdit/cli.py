@@ -213,13 +213,18 @@ def generate(args) -> int:
     images = []
     for n, batch in enumerate(batches):
         pipe.set_progress_bar_config(desc=f"batch {n + 1}/{len(batches)}" if len(batches) > 1 else "sampling")
-        images += pipe(
-            class_labels=[requests[i] for i in batch],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-            generator=[torch.Generator().manual_seed(args.seed + i) for i in batch],
-        ).images
+        try:
+            images += pipe(
+                class_labels=[requests[i] for i in batch],
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                generator=[torch.Generator().manual_seed(args.seed + i) for i in batch],
+            ).images
+        except (ValueError, RuntimeError) as error:  # e.g. a dtype the device cannot run, or out of memory
+            raise CommandError(
+                f"sampling failed ({args.device or pipe.device.type}, {args.dtype}): {one_line(error)}"
+            ) from None
     names = [pipe.id2label.get(c, str(c)) if pipe.id2label else str(c) for c in class_ids]
     grid = labelled_grid(images, names, args.num_images)
     save_image(grid, args.output)
