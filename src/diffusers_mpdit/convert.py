@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
+from .atomic import give_normal_permissions
 from .data import imagenet1k_id2label
 from .models.embeddings import get_2d_sincos_pos_embed_grid
 from .models.transformer_mpdit import MPDiTTransformer2DModel
@@ -385,9 +386,7 @@ def save_atomically(model: MPDiTTransformer2DModel | MPDiTPipeline, output_dir: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp creates 0700; the output gets a normal folder's permissions
+        give_normal_permissions(tmp, directory=True)
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
