@@ -35,6 +35,7 @@ from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
+from diffusers_mpdit.atomic import give_normal_permissions
 from diffusers_mpdit.training import (
     WEIGHTING_SCHEMES,
     LatentCacheDataset,
@@ -587,6 +588,7 @@ def save_pipeline(pipeline: MPDiTPipeline, output_dir: Path) -> None:
     tmp = output_dir / ".tmp-pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipeline.save_pretrained(tmp)
+    give_normal_permissions(tmp, directory=True)
     (output_dir / "model_index.json").unlink(missing_ok=True)
     for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
         target = output_dir / entry.name

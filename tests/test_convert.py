@@ -71,6 +71,8 @@ def test_convert_checkpoint_writes_safetensors_and_reproduces_reference(tmp_path
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    # Nor safetensors' 0600: others may read the weights as they may read any file written under this umask.
+    assert (out / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
     model = MPDiTTransformer2DModel.from_pretrained(out)
     reference = OfficialMPDiT()

@@ -290,6 +290,10 @@ def test_max_train_minutes_stops_checkpoints_and_adds_up_over_a_resume(image_fol
     state = json.loads((out / last / "training_state.json").read_text())
     assert 60 * budget <= state["train_seconds"] < 60 * budget + 30 and state["global_step"] < 10_000
     assert last == f"checkpoint-{state['global_step']}" and (out / "model_index.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    weights_mode = (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777
+    assert weights_mode == 0o666 & ~umask  # the pipeline's weights are readable like any output, not 0600
     # The time already spent counts: resuming with the same budget stops at once, a larger one goes on.
     again = launch(
         TRAIN, train_args(image_folder, out, 10_000, resume_from_checkpoint="latest", max_train_minutes=budget)

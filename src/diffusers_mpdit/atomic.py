@@ -9,10 +9,17 @@ from contextlib import contextmanager
 
 
 def give_normal_permissions(path: str | os.PathLike, directory: bool = False) -> None:
-    """What `open`/`mkdir` would have given under the current umask (mkstemp creates 0600, mkdtemp 0700)."""
+    """What `open`/`mkdir` would have given under the current umask (mkstemp creates 0600, mkdtemp 0700, and
+    safetensors writes its files 0600); a directory gets it for everything inside, too."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+    if directory:
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 @contextmanager

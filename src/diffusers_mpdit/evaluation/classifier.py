@@ -150,13 +150,32 @@ class ClassifierScorer:
     def predict(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         return torch.cat([self.classifier(b).argmax(-1) for b in images.split(batch_size)])
 
-    def reference(self, num_samples: int, seed: int = 0) -> dict:
+    def reference(self, num_samples: int, seed: int = 0, noise_levels: tuple[float, ...] = ()) -> dict:
         """A_real (accuracy on the whole real test split), and the Frechet distance between `num_samples` class-balanced
-        real training images and the real test split: the yardstick for generated sets of the same size."""
+        real training images and the real test split: the yardstick for generated sets of the same size.
+
+        Args:
+            num_samples (`int`): Real training images in the yardstick.
+            seed (`int`): Picks them.
+            noise_levels (`tuple[float, ...]`): Also the distance after adding Gaussian pixel noise of these standard
+                deviations (fractions of the pixel range, then 8-bit rounding), as `FD_train_test_noisy`: how far a
+                faint speckle alone moves real images in this feature space.
+        """
         accuracy = (self.predict(self.test.images) == self.test.labels).float().mean().item()
-        index = balanced_indices(self.train.labels, num_samples, seed)
-        distance = frechet_distance(*feature_statistics(self.features(self.train.images[index])), *self.test_stats)
-        return {"A_real": accuracy, "FD_train_test": distance, "num_samples": num_samples}
+        images = self.train.images[balanced_indices(self.train.labels, num_samples, seed)]
+        distance = frechet_distance(*feature_statistics(self.features(images)), *self.test_stats)
+        result = {"A_real": accuracy, "FD_train_test": distance, "num_samples": num_samples}
+        generator = torch.Generator().manual_seed(seed)
+        noisy_distances = {}
+        for level in noise_levels:
+            noisy = (images + 2 * level * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+            noisy = ((noisy + 1) * 127.5).round() / 127.5 - 1
+            noisy_distances[f"{level:g}"] = frechet_distance(
+                *feature_statistics(self.features(noisy)), *self.test_stats
+            )
+        if noisy_distances:
+            result["FD_train_test_noisy"] = noisy_distances
+        return result
 
     def score_images(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """A_gen (the fraction classified as the requested class), per-class accuracy and the Frechet distance to the
