@@ -167,21 +167,21 @@ def reference_statistics(activations: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def metrics_from_activations(
-    samples: dict[str, np.ndarray], reference: dict[str, np.ndarray], reference_statistics_: dict | None = None
+    samples: dict[str, np.ndarray], reference: dict[str, np.ndarray], precomputed: dict | None = None
 ) -> dict:
     """ADM's metrics from Inception activations (`inception_activations`) of samples and reference.
 
-    FID and sFID use `reference_statistics_` when given (an ADM batch's precomputed ones, as ADM does), else the
+    FID and sFID use `precomputed` when given (an ADM batch's precomputed ones, as ADM does), else the
     reference activations'; precision and recall use the reference activations. Inception Score is `None` without
     softmax features.
 
     Args:
         samples (`dict`): The samples' `pool`, `spatial` and optionally `softmax` activations.
         reference (`dict`): The reference's `pool` and `spatial` activations.
-        reference_statistics_ (`dict`, *optional*): `mu`, `sigma`, `mu_s`, `sigma_s`.
+        precomputed (`dict`, *optional*): `mu`, `sigma`, `mu_s`, `sigma_s`.
     """
     sample_stats = reference_statistics(samples)
-    reference_stats = reference_statistics_ or reference_statistics(reference)
+    reference_stats = precomputed or reference_statistics(reference)
     precision, recall = precision_recall(reference["pool"], samples["pool"])
     return {
         "fid": frechet_distance(
@@ -195,7 +195,7 @@ def metrics_from_activations(
         "recall": recall,
         "num_samples": len(samples["pool"]),
         "num_reference": len(reference["pool"]),
-        "reference_statistics": "precomputed" if reference_statistics_ else "computed",
+        "reference_statistics": "precomputed" if precomputed else "computed",
     }
 
 
