@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
+from diffusers_mpdit.atomic import atomic_path
 from diffusers_mpdit.evaluation import ClassifierScorer, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.write_card:
         write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
     if args.output_json:
-        tmp = args.output_json + ".tmp"
-        Path(tmp).write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.output_json)
+        with atomic_path(args.output_json) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -157,9 +156,8 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
         "results": results,
     }
     card = render_model_card("mpdit-demo", **values)
-    tmp = folder / "README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, folder / "README.md")
+    with atomic_path(folder / "README.md") as tmp:
+        card.save(tmp)
     print(f"wrote {folder / 'README.md'}")
 
 

@@ -302,8 +302,9 @@ def evaluate(args) -> int:
     if args.save_reference and not args.save_reference.endswith(".npz"):
         raise CommandError(f"--save-reference {args.save_reference!r}: must end in .npz")
     try:
-        extractor = InceptionV3Features.from_pretrained(args.inception, args.inception_softmax, "cpu")
-        extractor.to(args.device or default_device())
+        extractor = InceptionV3Features.from_pretrained(
+            args.inception, args.inception_softmax, args.device or default_device()
+        )
         batches = {}
         for name in ("samples", "reference"):
             batches[name] = load_images(getattr(args, name), args.resolution)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, give_normal_permissions
+from ..atomic import atomic_path
 from ..training.data import center_crop_arr
 from .frechet import feature_statistics, frechet_distance
 from .inception import InceptionV3Features
@@ -99,7 +99,6 @@ class ImageBatch:
 
     images: np.ndarray
     statistics: dict[str, np.ndarray] | None = None
-    source: str = ""
 
 
 def load_images(path: str, resolution: int | None = None) -> ImageBatch:
@@ -121,7 +120,7 @@ def load_images(path: str, resolution: int | None = None) -> ImageBatch:
             raise ValueError(f"{path!r}: `arr_0` must be uint8 (N, H, W, 3), got {images.shape} {images.dtype}")
         if statistics and set(statistics) != set(STATISTICS):
             raise ValueError(f"{path!r}: has only {sorted(statistics)} of the statistics {STATISTICS}")
-        return ImageBatch(images, statistics or None, path)
+        return ImageBatch(images, statistics or None)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r}: neither an .npz file nor a folder of images")
     files = sorted(
@@ -145,7 +144,7 @@ def load_images(path: str, resolution: int | None = None) -> ImageBatch:
                 f"{images[0].shape[1]}x{images[0].shape[0]}: give a resolution to centre-crop them all"
             )
         images.append(array)
-    return ImageBatch(np.stack(images), None, path)
+    return ImageBatch(np.stack(images))
 
 
 def inception_activations(
@@ -241,7 +240,7 @@ def write_images_npz(path: str, files: list[str], labels: np.ndarray | None = No
         width, height = first.size
     shape = (len(files), height, width, 3)
     folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as work:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-") as work, atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(os.path.join(work, "arr_0.npy"), mode="w+", dtype=np.uint8, shape=shape)
         for index, file in enumerate(files):
             with Image.open(file) as image:
@@ -255,10 +254,7 @@ def write_images_npz(path: str, files: list[str], labels: np.ndarray | None = No
         if labels is not None:
             np.save(os.path.join(work, "arr_1.npy"), np.asarray(labels, dtype=np.int64))
             members.append("arr_1.npy")
-        tmp = os.path.join(work, "out.npz")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for member in members:
                 archive.write(os.path.join(work, member), member)
-        give_normal_permissions(tmp)
-        os.replace(tmp, path)
     return shape
