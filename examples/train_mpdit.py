@@ -496,10 +496,12 @@ def main(argv: list[str] | None = None) -> None:
             ema.step(unwrap(model).parameters())
             global_step += 1
             progress.update(1)
+            # .item() waits for the device to finish the step, so that its time is counted as training time.
+            loss_value = losses.mean().item()
             now = time.perf_counter()
             train_seconds += now - last_log
             logs = {
-                "loss": losses.mean().item(),
+                "loss": loss_value,
                 "lr": lr_scheduler.get_last_lr()[0],
                 "steps_per_sec": 1.0 / max(now - last_log, 1e-9),
                 "images_per_sec": total / max(now - last_log, 1e-9),
