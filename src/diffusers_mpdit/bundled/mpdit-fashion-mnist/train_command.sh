@@ -10,7 +10,7 @@ python examples/train_mpdit.py \
   --train_batch_size 64 --learning_rate 1e-3 --ema_decay 0.999 --max_train_steps 2500 \
   --checkpointing_steps 250 --checkpoints_total_limit 2 --validation_steps 500 --validation_inference_steps 25 \
   --validation_classes 0,1,2,3,4,5,6,7,8,9 --report_to tensorboard --seed 0 --output_dir out/mpdit-fashion-mnist
-# Stages 2 and 3 draw flow times uniformly: small times weigh more than under the logit-normal ones, and that is where
+# Stages 2 to 4 draw flow times uniformly: small times weigh more than under the logit-normal ones, and that is where
 # the residual background speckle of stage 1 is decided.
 DATA=(--dataset_name data/fashion-mnist --image_preprocessing pad --resolution 32 --image_channels 1 --random_flip)
 LOGGING=(
