@@ -178,7 +178,9 @@ def assert_same_weights(a, b, atol=0.0):
 
 
 def checkpoints(out):
-    return sorted(p.name for p in Path(out).iterdir() if p.name.startswith("checkpoint-"))
+    # By step number: as strings, checkpoint-100 would sort before checkpoint-98.
+    names = [p.name for p in Path(out).iterdir() if p.name.startswith("checkpoint-")]
+    return sorted(names, key=lambda name: int(name.split("-")[1]))
 
 
 def test_accelerate_launch_checkpoints_pruning_samples_and_final_pipeline(image_folder, tmp_path):
@@ -295,12 +297,13 @@ def test_max_train_minutes_stops_checkpoints_and_adds_up_over_a_resume(image_fol
     weights_mode = (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mode & 0o777
     assert weights_mode == 0o666 & ~umask  # the pipeline's weights are readable like any output, not 0600
     # The time already spent counts: resuming with the same budget stops at once, a larger one goes on.
-    again = launch(
-        TRAIN, train_args(image_folder, out, 10_000, resume_from_checkpoint="latest", max_train_minutes=budget)
-    )
+    resume = {"checkpointing_steps": 10_000, "resume_from_checkpoint": "latest"}
+    again = launch(TRAIN, train_args(image_folder, out, 10_000, max_train_minutes=budget, **resume))
     assert "was already spent" in again.stderr and checkpoints(out) == [last]
-    launch(TRAIN, train_args(image_folder, out, 10_000, resume_from_checkpoint="latest", max_train_minutes=2 * budget))
-    later = json.loads((out / checkpoints(out)[-1] / "training_state.json").read_text())
+    launch(TRAIN, train_args(image_folder, out, 10_000, max_train_minutes=2 * budget, **resume))
+    earlier, final = checkpoints(out)  # only the stop saves a checkpoint
+    assert earlier == last
+    later = json.loads((out / final / "training_state.json").read_text())
     assert later["global_step"] > state["global_step"] and later["train_seconds"] >= 2 * 60 * budget
 
 
