@@ -83,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ADM centre crop, or pad smaller images with black borders (28 -> 32)",
     )
     data.add_argument("--image_channels", type=int, choices=[1, 3], default=3, help="pixel-space channels")
-    data.add_argument("--random_flip", action="store_true", help="horizontal flips (of the latents, for a cache)")
+    data.add_argument(
+        "--random_flip",
+        action="store_true",
+        help="horizontal flips (of the latents, for a cache); only for data whose classes look the same mirrored",
+    )
     data.add_argument("--pretrained_vae", help="AutoencoderKL folder or Hub id; without it, pixel space")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 

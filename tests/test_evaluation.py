@@ -72,6 +72,15 @@ def test_classifier_scorer_separates_easy_classes():
     data = LabelledImages(images, labels, ["dark", "light"])
     scorer = ClassifierScorer.fit(data, data, epochs=5, batch_size=16)
     assert scorer.reference(20)["A_real"] == 1.0
+    # Mirroring moves only images that are not left-right symmetric.
+    symmetric = ClassifierScorer(scorer.classifier, LabelledImages(images + images.flip(-1), labels, data.names), data)
+    same = symmetric.reference(20, half_mirrored=True)
+    assert same["FD_train_test_half_mirrored"] == pytest.approx(same["FD_train_test"], abs=1e-9)
+    lopsided = images.clone()
+    lopsided[..., :4] = -1  # the left half dark in every image
+    moved = ClassifierScorer(scorer.classifier, LabelledImages(lopsided, labels, data.names), data)
+    moved = moved.reference(20, half_mirrored=True)
+    assert moved["FD_train_test_half_mirrored"] > moved["FD_train_test"] + 1e-3
     swapped = scorer.score_images(images[:20], torch.ones(20, dtype=torch.long))
     assert swapped["A_gen"] == 0.0 and swapped["per_class"]["light"] == 0.0
     right = scorer.score_images(images, labels)

@@ -150,7 +150,9 @@ class ClassifierScorer:
     def predict(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
         return torch.cat([self.classifier(b).argmax(-1) for b in images.split(batch_size)])
 
-    def reference(self, num_samples: int, seed: int = 0, noise_levels: tuple[float, ...] = ()) -> dict:
+    def reference(
+        self, num_samples: int, seed: int = 0, noise_levels: tuple[float, ...] = (), half_mirrored: bool = False
+    ) -> dict:
         """A_real (accuracy on the whole real test split), and the Frechet distance between `num_samples` class-balanced
         real training images and the real test split: the yardstick for generated sets of the same size.
 
@@ -160,6 +162,9 @@ class ClassifierScorer:
             noise_levels (`tuple[float, ...]`): Also the distance after adding Gaussian pixel noise of these standard
                 deviations (fractions of the pixel range, then 8-bit rounding), as `FD_train_test_noisy`: how far a
                 faint speckle alone moves real images in this feature space.
+            half_mirrored (`bool`): Also the distance after mirroring a random half of the images left to right, as
+                `FD_train_test_half_mirrored`: the set a model trained with random flips learns to make, so the
+                lowest distance it can reach where orientation matters (Fashion-MNIST's shoes all point left).
         """
         accuracy = (self.predict(self.test.images) == self.test.labels).float().mean().item()
         images = self.train.images[balanced_indices(self.train.labels, num_samples, seed)]
@@ -175,6 +180,12 @@ class ClassifierScorer:
             )
         if noisy_distances:
             result["FD_train_test_noisy"] = noisy_distances
+        if half_mirrored:
+            mirror = (torch.rand(len(images), generator=generator) < 0.5).view(-1, 1, 1, 1)
+            mixed = torch.where(mirror, images.flip(-1), images)
+            result["FD_train_test_half_mirrored"] = frechet_distance(
+                *feature_statistics(self.features(mixed)), *self.test_stats
+            )
         return result
 
     def score_images(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
