@@ -146,7 +146,7 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
             *(
                 [
                     "Mirroring a random half of those images left to right, which is what training with `--random_flip`"
-                    f" teaches (the data's shoes all point left), puts them at {reference['FD_train_test_half_mirrored']:.2f}.",
+                    f" teaches (the data's shoes point left), puts them at {reference['FD_train_test_half_mirrored']:.2f}.",
                     "",
                 ]
                 if "FD_train_test_half_mirrored" in reference

@@ -164,7 +164,7 @@ class ClassifierScorer:
                 faint speckle alone moves real images in this feature space.
             half_mirrored (`bool`): Also the distance after mirroring a random half of the images left to right, as
                 `FD_train_test_half_mirrored`: the set a model trained with random flips learns to make, so the
-                lowest distance it can reach where orientation matters (Fashion-MNIST's shoes all point left).
+                lowest distance it can reach where orientation matters (Fashion-MNIST's shoes point left).
         """
         accuracy = (self.predict(self.test.images) == self.test.labels).float().mean().item()
         images = self.train.images[balanced_indices(self.train.labels, num_samples, seed)]

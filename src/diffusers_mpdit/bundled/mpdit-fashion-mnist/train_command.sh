@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trained in five stages, EMA weights: on a 2-core CPU with 64-image steps, EMA 0.999, 2,500 steps at AdamW 1e-3 with logit-normal flow times (69 minutes); 2,300 steps with uniform flow times, 1,500 at 5e-4 and 800 decaying linearly from 1.7e-4 to 0 (about 90 minutes); 3,200 steps with uniform flow times, warming up to 3e-4 over 100 and decaying linearly to 0 (83 minutes); then on one H200 GPU with 256-image steps, EMA 0.9995, 3,000 steps warming up to 3e-4 over 200 and decaying linearly to 0 (1 minute 55 seconds); then on the CPU again without random flips (the data's shoes all point left), 2,400 steps of 64 images, EMA 0.999, warming up to 2e-4 over 100 and decaying linearly to 0 (66 minutes).
+# Trained in five stages, EMA weights: on a 2-core CPU with 64-image steps, EMA 0.999, 2,500 steps at AdamW 1e-3 with logit-normal flow times (69 minutes); 2,300 steps with uniform flow times, 1,500 at 5e-4 and 800 decaying linearly from 1.7e-4 to 0 (about 90 minutes); 3,200 steps with uniform flow times, warming up to 3e-4 over 100 and decaying linearly to 0 (83 minutes); then on one H200 GPU with 256-image steps, EMA 0.9995, 3,000 steps warming up to 3e-4 over 200 and decaying linearly to 0 (1 minute 55 seconds); then on the CPU again without random flips (the data's shoes point left), 2,400 steps of 64 images, EMA 0.999, warming up to 2e-4 over 100 and decaying linearly to 0 (66 minutes).
 # Data: apt-get install dataset-fashion-mnist && python examples/prepare_fashion_mnist.py --output_dir data/fashion-mnist
 # Each stage writes its pipeline (EMA weights) to its output folder and the next continues from it; the last,
 # out/mpdit-fashion-mnist-5, is the bundled folder (without the checkpoints and logs).
@@ -38,7 +38,7 @@ python examples/train_mpdit.py "${DATA[@]}" \
   --max_train_steps 3000 --max_train_minutes 2.6 --allow_tf32 --dataloader_num_workers 6 \
   --report_to none --validation_steps 0 --validation_inference_steps 25 --validation_classes 0,1,2,3,4,5,6,7,8,9 \
   --checkpointing_steps 1000000 --seed 3 --output_dir out/mpdit-fashion-mnist-4
-# Stage 5, on the 2-core CPU: stages 1 to 4 flipped images at random, but Fashion-MNIST's shoes all point left, so
+# Stage 5, on the 2-core CPU: stages 1 to 4 flipped images at random, but Fashion-MNIST's shoes point left, so
 # the model also drew shoes pointing right. The same recipe without --random_flip; 2,400 steps took 66 minutes.
 python examples/train_mpdit.py --dataset_name data/fashion-mnist --image_preprocessing pad --resolution 32 \
   --image_channels 1 --checkpointing_steps 250 --checkpoints_total_limit 2 --validation_steps 0 \
