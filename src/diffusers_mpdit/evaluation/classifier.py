@@ -106,7 +106,7 @@ class ClassifierScorer:
         learning_rate: float = 2e-3,
         seed: int = 0,
     ) -> ClassifierScorer:
-        """Trains a `SmallImageClassifier` on `train` (Adam, random horizontal flips, as the generator's data).
+        """Trains a `SmallImageClassifier` on `train` (Adam, random horizontal flips as augmentation).
 
         Args:
             train, test (`LabelledImages`): The real splits.
