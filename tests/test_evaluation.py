@@ -79,8 +79,11 @@ def test_classifier_scorer_separates_easy_classes():
     lopsided = images.clone()
     lopsided[..., :4] = -1  # the left half dark in every image
     moved = ClassifierScorer(scorer.classifier, LabelledImages(lopsided, labels, data.names), data)
+    noisy_too = moved.reference(20, noise_levels=(0.05,), half_mirrored=True)
     moved = moved.reference(20, half_mirrored=True)
     assert moved["FD_train_test_half_mirrored"] > moved["FD_train_test"] + 1e-3
+    # Which half is mirrored must not depend on whether noise was drawn first.
+    assert noisy_too["FD_train_test_half_mirrored"] == moved["FD_train_test_half_mirrored"]
     swapped = scorer.score_images(images[:20], torch.ones(20, dtype=torch.long))
     assert swapped["A_gen"] == 0.0 and swapped["per_class"]["light"] == 0.0
     right = scorer.score_images(images, labels)

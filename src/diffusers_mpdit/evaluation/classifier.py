@@ -181,7 +181,9 @@ class ClassifierScorer:
         if noisy_distances:
             result["FD_train_test_noisy"] = noisy_distances
         if half_mirrored:
-            mirror = (torch.rand(len(images), generator=generator) < 0.5).view(-1, 1, 1, 1)
+            # A generator of its own, so which half is mirrored does not depend on `noise_levels`.
+            mirror_generator = torch.Generator().manual_seed(seed)
+            mirror = (torch.rand(len(images), generator=mirror_generator) < 0.5).view(-1, 1, 1, 1)
             mixed = torch.where(mirror, images.flip(-1), images)
             result["FD_train_test_half_mirrored"] = frechet_distance(
                 *feature_statistics(self.features(mixed)), *self.test_stats
