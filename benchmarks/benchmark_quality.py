@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--steps", type=int, default=50, help="sampling steps (the pipeline's default)")
     p.add_argument("--guidance_scale", type=float, default=1.5, help="the pipeline's default")
+    p.add_argument(
+        "--guidance_interval",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="guide only for flow times in [LOW, HIGH] (1 = noise); default: every step, as the pipeline",
+    )
     p.add_argument("--classifier_epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_json", help="also write the figures here")
@@ -46,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.card_from_json:
         saved = json.loads(Path(args.card_from_json).read_text())
-        for key in ("num_samples", "steps", "guidance_scale"):
-            setattr(args, key, saved["args"][key])
+        for key in ("num_samples", "steps", "guidance_scale", "guidance_interval"):
+            setattr(args, key, saved["args"].get(key))
         pipe = MPDiTPipeline.from_pretrained(args.model)
         write_card(pipe, args, saved["reference"], saved["generated"], saved["A_gen/A_real"], saved["FD_ratio"])
         return saved
@@ -62,14 +69,18 @@ def main(argv: list[str] | None = None) -> dict:
     reference = scorer.reference(args.num_samples, seed=args.seed, noise_levels=NOISE_LEVELS, half_mirrored=True)
     classifier_minutes = (time.perf_counter() - start) / 60
     start = time.perf_counter()
-    generated = scorer.score_pipeline(pipe, args.num_samples, args.steps, args.guidance_scale, seed=args.seed)
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    generated = scorer.score_pipeline(
+        pipe, args.num_samples, args.steps, args.guidance_scale, seed=args.seed, guidance_interval=interval
+    )
     sampling_minutes = (time.perf_counter() - start) / 60
 
     accuracy_ratio = generated["A_gen"] / reference["A_real"]
     distance_ratio = generated["FD"] / reference["FD_train_test"]
     print(
         f"model: {args.model}; scheduler {type(pipe.scheduler).__name__}, {args.steps} steps, "
-        f"guidance {args.guidance_scale}; {args.num_samples} samples ({sampling_minutes:.1f} min)"
+        f"guidance {args.guidance_scale}{describe_interval(args)}; {args.num_samples} samples "
+        f"({sampling_minutes:.1f} min)"
     )
     print(
         f"classifier ({args.classifier_epochs} epochs, {classifier_minutes:.1f} min): A_real {reference['A_real']:.4f}"
@@ -107,6 +118,25 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def describe_interval(args) -> str:
+    if not args.guidance_interval:
+        return ""
+    low, high = args.guidance_interval
+    return f" for flow times in [{low:g}, {high:g}]"
+
+
+def benchmark_flags(args) -> str:
+    """The benchmark's command-line flags that differ from its defaults, for the card."""
+    flags = [f"--num_samples {args.num_samples}"]
+    if args.steps != 50:
+        flags.append(f"--steps {args.steps}")
+    if args.guidance_scale != 1.5:
+        flags.append(f"--guidance_scale {args.guidance_scale:g}")
+    if args.guidance_interval:
+        flags.append("--guidance_interval {:g} {:g}".format(*args.guidance_interval))
+    return " ".join(flags)
+
+
 def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio) -> None:
     """Renders `hub_cards/mpdit-demo.md` with these figures into the model folder, as README.md."""
     from diffusers_mpdit.hub_cards import default_card_values, render_model_card
@@ -117,14 +147,14 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
     noisy = reference.get("FD_train_test_noisy", {})
     results = "\n".join(
         [
-            f"Measured with `python benchmarks/benchmark_quality.py --num_samples {args.num_samples}` (a CNN trained on",
-            "the real training split judges the samples; the Frechet distance is taken in its feature space):",
+            f"Measured with `python benchmarks/benchmark_quality.py {benchmark_flags(args)}` (a CNN trained on the real",
+            "training split judges the samples; the Frechet distance is taken in its feature space):",
             "",
             "| | value |",
             "| --- | --- |",
             f"| classifier accuracy on the real test split, A_real | {reference['A_real']:.4f} |",
             f"| accuracy on {args.num_samples} generated images ({args.steps} Euler steps, guidance "
-            f"{args.guidance_scale}), A_gen | {generated['A_gen']:.4f} ({accuracy_ratio:.3f} x A_real) |",
+            f"{args.guidance_scale}{describe_interval(args)}), A_gen | {generated['A_gen']:.4f} ({accuracy_ratio:.3f} x A_real) |",
             f"| Frechet distance, generated vs real test | {generated['FD']:.2f} |",
             f"| Frechet distance, {args.num_samples} real training images vs real test | "
             f"{reference['FD_train_test']:.2f} (ratio {distance_ratio:.2f}) |",
@@ -165,6 +195,7 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
         "train_command": command.split("\n", 1)[1].strip(),
         "steps": args.steps,
         "guidance_scale": args.guidance_scale,
+        "guidance_interval": list(args.guidance_interval) if args.guidance_interval else None,
         "example_classes": ["sandal", "ankle boot"],
         "results": results,
     }

@@ -28,6 +28,7 @@ DEMO_VALUES = {
     "train_command": "accelerate launch examples/train_mpdit.py ...",
     "steps": 8,
     "guidance_scale": 1.5,
+    "guidance_interval": None,
     "example_classes": ["sneaker", "bag"],
     "results": "| metric | value |\n| --- | --- |\n| A_gen | 0.97 |",
 }

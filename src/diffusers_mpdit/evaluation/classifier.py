@@ -206,7 +206,8 @@ class ClassifierScorer:
         num_inference_steps: int,
         guidance_scale: float,
         seed: int = 0,
-        batch_size=100,
+        batch_size: int = 100,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> dict:
         """Generates `num_samples` class-balanced images with `pipeline` (its own scheduler) and scores them. Outputs
         are rounded to 8 bits, as saved images and the real data are.
@@ -218,6 +219,8 @@ class ClassifierScorer:
             guidance_scale (`float`): Classifier-free guidance scale.
             seed (`int`): Batch `i` uses `torch.Generator().manual_seed(seed + i)`.
             batch_size (`int`): Images per pipeline call.
+            guidance_interval (`tuple[float, float]`, *optional*): Passed to the pipeline: guide only for flow times in
+                `[low, high]`.
         """
         num_classes = len(self.train.names)
         labels = torch.arange(num_samples) % num_classes
@@ -228,6 +231,7 @@ class ClassifierScorer:
                 class_labels=batch.tolist(),
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
+                guidance_interval=guidance_interval,
                 generator=torch.Generator().manual_seed(seed + i),
                 output_type="np",
             ).images
