@@ -36,13 +36,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=str(ROOT / "data" / "fashion-mnist"), help="examples/prepare_fashion_mnist.py")
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--steps", type=int, default=50, help="sampling steps (the pipeline's default)")
-    p.add_argument("--guidance_scale", type=float, default=1.5, help="the pipeline's default")
+    p.add_argument("--guidance_scale", type=float, help="default: the model's saved default_guidance_scale")
     p.add_argument(
         "--guidance_interval",
         type=float,
         nargs=2,
         metavar=("LOW", "HIGH"),
-        help="guide only for flow times in [LOW, HIGH] (1 = noise); default: every step, as the pipeline",
+        help="guide only for flow times in [LOW, HIGH] (1 = noise); 0 1 = every step; default: the model's saved "
+        "default_guidance_interval",
     )
     p.add_argument("--classifier_epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     pipe = MPDiTPipeline.from_pretrained(args.model)
+    # Record the settings actually used, the model's own defaults included.
+    if args.guidance_scale is None:
+        args.guidance_scale = pipe.config.default_guidance_scale
+    if args.guidance_interval is None:
+        args.guidance_interval = pipe.config.default_guidance_interval
     train, test = load_split(args.data, "train"), load_split(args.data, "test")
     if pipe.id2label and [pipe.id2label[i] for i in range(len(train.names))] != train.names:
         raise SystemExit(f"error: the model's classes {pipe.id2label} are not the data's {train.names}")
@@ -125,15 +131,16 @@ def describe_interval(args) -> str:
     return f" for flow times in [{low:g}, {high:g}]"
 
 
-def benchmark_flags(args) -> str:
-    """The benchmark's command-line flags that differ from its defaults, for the card."""
+def benchmark_flags(args, pipe) -> str:
+    """The benchmark's command-line flags that differ from its defaults (the model's, for guidance), for the card."""
     flags = [f"--num_samples {args.num_samples}"]
     if args.steps != 50:
         flags.append(f"--steps {args.steps}")
-    if args.guidance_scale != 1.5:
+    if args.guidance_scale != pipe.config.default_guidance_scale:
         flags.append(f"--guidance_scale {args.guidance_scale:g}")
-    if args.guidance_interval:
-        flags.append("--guidance_interval {:g} {:g}".format(*args.guidance_interval))
+    interval = list(args.guidance_interval or [0, 1])
+    if interval != list(pipe.config.default_guidance_interval or [0, 1]):
+        flags.append("--guidance_interval {:g} {:g}".format(*interval))
     return " ".join(flags)
 
 
@@ -147,7 +154,7 @@ def write_card(pipe, args, reference, generated, accuracy_ratio, distance_ratio)
     noisy = reference.get("FD_train_test_noisy", {})
     results = "\n".join(
         [
-            f"Measured with `python benchmarks/benchmark_quality.py {benchmark_flags(args)}` (a CNN trained on the real",
+            f"Measured with `python benchmarks/benchmark_quality.py {benchmark_flags(args, pipe)}` (a CNN trained on the real",
             "training split judges the samples; the Frechet distance is taken in its feature space):",
             "",
             "| | value |",

@@ -50,6 +50,9 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
     choices = class_choices(pipe)
     valid_ids = {class_id for _, class_id in choices}
     scheduler_config = dict(pipe.scheduler.config)
+    # The model's saved defaults (MPDiTPipeline's default_guidance_*) start the controls and the examples.
+    default_guidance = min(pipe.config.default_guidance_scale, MAX_GUIDANCE)
+    default_low, default_high = pipe.config.default_guidance_interval or (0.0, 1.0)
 
     def generate(
         class_id,
@@ -86,7 +89,7 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
             class_labels=[class_id] * num_images,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            guidance_interval=None if (low, high) == (0.0, 1.0) else (low, high),
+            guidance_interval=(low, high),
             generator=[torch.Generator().manual_seed(seed + i) for i in range(num_images)],
             callback_on_step_end=on_step_end,
         ).images
@@ -100,10 +103,12 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
                 class_picker = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True)
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
                 steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Sampling steps")
-                guidance = gr.Slider(0, MAX_GUIDANCE, value=1.5, step=0.1, label="Guidance scale (1 = off)")
+                guidance = gr.Slider(
+                    0, MAX_GUIDANCE, value=default_guidance, step=0.1, label="Guidance scale (1 = off)"
+                )
                 with gr.Row():
-                    low = gr.Slider(0, 1, value=0, step=0.05, label="Guidance from t =")
-                    high = gr.Slider(0, 1, value=1, step=0.05, label="to t = (1 is noise)")
+                    low = gr.Slider(0, 1, value=default_low, step=0.05, label="Guidance from t =")
+                    high = gr.Slider(0, 1, value=default_high, step=0.05, label="to t = (1 is noise)")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     randomize = gr.Checkbox(value=True, label="Random seed")
@@ -111,9 +116,10 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
                 button = gr.Button("Generate", variant="primary")
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="samples")
         inputs = [class_picker, num_images, steps, guidance, low, high, seed, randomize, scheduler]
+        defaults = [default_guidance, default_low, default_high]
         gr.Examples(
-            [[choices[i % len(choices)][1], 4, 25, 1.5, 0, 1, i, False, "euler"] for i in (0, 5, 9)]
-            + [[choices[1][1], 4, 10, 1.5, 0, 1, 0, False, "heun"]],
+            [[choices[i % len(choices)][1], 4, 25, *defaults, i, False, "euler"] for i in (0, 5, 9)]
+            + [[choices[1][1], 4, 10, *defaults, 0, False, "heun"]],
             inputs=inputs,
         )
         button.click(generate, inputs=inputs, outputs=[gallery, seed])

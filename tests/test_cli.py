@@ -49,6 +49,12 @@ def test_generate_writes_a_labelled_grid_of_the_pipelines_images(tmp_path):
         num_inference_steps=3,
         generator=[torch.Generator().manual_seed(5 + i) for i in range(4)],
     ).images
+    # Without --guidance the model's saved defaults apply, and the summary line says which.
+    interval = pipe.config.default_guidance_interval
+    used = f"guidance {pipe.config.default_guidance_scale:g}" + (
+        " for t in [{:g}, {:g}]".format(*interval) if interval else ""
+    )
+    assert f"{used}, seed 5" in run.stdout
     cell = MIN_CELL + 4  # 32 px upscaled x4, and the gap
     assert grid.shape[0] == 2 * cell
     label_width = grid.shape[1] - 2 * cell

@@ -123,7 +123,7 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "benchmark_quality.py"), "--data", str(tmp_path)]
         + ["--num_samples", "10", "--steps", "2", "--classifier_epochs", "1", "--output_json", str(out)]
-        + ["--guidance_interval", "0", "0.7"],
+        + ["--guidance_interval", "0.1", "0.6"],
         capture_output=True,
         text=True,
     )
@@ -131,7 +131,7 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     result = json.loads(out.read_text())
     assert result["generated"]["num_samples"] == 10 and set(result["generated"]["per_class"]) == set(FASHION_MNIST)
     assert 0 <= result["generated"]["A_gen"] <= 1 and result["generated"]["FD"] > 0
-    assert "A_gen" in run.stdout and "x A_real" in run.stdout and "for flow times in [0, 0.7]" in run.stdout
+    assert "A_gen" in run.stdout and "x A_real" in run.stdout and "for flow times in [0.1, 0.6]" in run.stdout
     # The card, rendered from that JSON into a copy of the bundled model, gives the settings that were measured.
     model = shutil.copytree(BUNDLED_MODEL, tmp_path / "model")
     card = subprocess.run(
@@ -142,8 +142,8 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     )
     assert card.returncode == 0, card.stderr[-3000:]
     text = (model / "README.md").read_text()
-    assert "--num_samples 10 --steps 2 --guidance_interval 0 0.7" in text
-    assert "guidance_interval=(0.0, 0.7)" in text
+    assert "--num_samples 10 --steps 2 --guidance_interval 0.1 0.6" in text
+    assert "guidance_interval=(0.1, 0.6)" in text
 
 
 def test_claim_benchmark_trains_both_models_for_the_same_time_and_plots(tmp_path):

@@ -1,6 +1,7 @@
 """MPDiTPipeline: components, call, schedulers, loading and saving, bad input."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -152,6 +153,41 @@ def test_guidance_interval_limits_the_unconditional_half():
     ts = [round(float(t[0]), 3) for _, t, _ in spy.calls]
     assert ts == [1.0, 0.667, 0.334, 0.001]
     assert [b for b, _, _ in spy.calls] == [1, 2, 2, 1]
+
+
+def test_saved_default_guidance_applies_when_a_call_passes_none(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.register_to_config(default_guidance_scale=3.0, default_guidance_interval=[0.3, 0.7])
+    pipe.save_pretrained(tmp_path)
+    loaded = MPDiTPipeline.from_pretrained(tmp_path)
+    assert loaded.config.default_guidance_scale == 3.0 and loaded.config.default_guidance_interval == [0.3, 0.7]
+    spy = with_transformer(loaded, SpyTransformer, calls=[])
+    loaded(class_labels=[1], num_inference_steps=4, output_type="latent")
+    assert loaded.guidance_scale == 3.0 and [b for b, _, _ in spy.calls] == [1, 2, 2, 1]
+    # An explicit interval, (0, 1) included, wins over the saved one.
+    spy.calls.clear()
+    loaded(class_labels=[1], num_inference_steps=4, guidance_interval=(0, 1), guidance_scale=2.0, output_type="latent")
+    assert loaded.guidance_scale == 2.0 and [b for b, _, _ in spy.calls] == [2, 2, 2, 2]
+    # A pipeline saved before these settings existed keeps the old behaviour: 1.5 at every step.
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    del index["default_guidance_scale"], index["default_guidance_interval"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    old = MPDiTPipeline.from_pretrained(tmp_path)
+    assert old.config.default_guidance_scale == 1.5 and old.config.default_guidance_interval is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"default_guidance_scale": -1}, "`default_guidance_scale` must be a number >= 0"),
+        ({"default_guidance_interval": (0.9, 0.1)}, "`default_guidance_interval` must be"),
+        ({"default_guidance_interval": 0.5}, r"`default_guidance_interval` must be \(low, high\) or None"),
+    ],
+)
+def test_bad_default_guidance_names_the_argument(kwargs, match):
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match=match):
+        MPDiTPipeline(pipe.transformer, None, pipe.scheduler, **kwargs)
 
 
 def test_guidance_is_applied_as_uncond_plus_scale_times_difference():
@@ -393,7 +429,7 @@ def test_diffusion_pipeline_with_custom_pipeline_and_trust_remote_code(tmp_path)
     "kwargs, match",
     [
         ({"class_labels": [1], "num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1"),
-        ({"class_labels": [1], "guidance_scale": -1.0}, "`guidance_scale` must be >= 0"),
+        ({"class_labels": [1], "guidance_scale": -1.0}, "`guidance_scale` must be a number >= 0"),
         ({"class_labels": [1], "guidance_interval": (0.8, 0.2)}, "`guidance_interval` must be"),
         ({"class_labels": [1], "height": 20}, r"`height` and `width` must be positive multiples of 8"),
         ({"class_labels": [1], "width": 12}, r"`height` and `width` must be positive multiples of 8"),

@@ -1,6 +1,6 @@
 """The `mpdit` command: generate labelled image grids, convert official checkpoints, list class names.
 
-    mpdit generate [--model PATH_OR_HUB_ID] [--class NAME_OR_ID ...] [--num-images 4] [--steps 50] [--guidance 1.5]
+    mpdit generate [--model PATH_OR_HUB_ID] [--class NAME_OR_ID ...] [--num-images 4] [--steps 50] [--guidance S]
                    [--seed 0] [--scheduler euler] -o grid.png
     mpdit convert --checkpoint official.pt --output DIR [...]
     mpdit labels [MODEL]
@@ -81,13 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--num-images", type=positive_int, default=4, help="images per class (default 4)")
     generate.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
-    generate.add_argument("--guidance", type=non_negative_float, default=1.5, help="CFG scale, 1 = off (default 1.5)")
+    generate.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        help="CFG scale, 1 = off (default: the model's saved default_guidance_scale, 1.5 unless it sets another)",
+    )
     generate.add_argument(
         "--guidance-interval",
         nargs=2,
         type=unit_float,
         metavar=("LOW", "HIGH"),
-        help="apply guidance only for flow times in [LOW, HIGH] (1 = noise)",
+        help="apply guidance only for flow times in [LOW, HIGH] (1 = noise); 0 1 = every step (default: the model's "
+        "saved default_guidance_interval, every step unless it sets one)",
     )
     generate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     generate.add_argument("--scheduler", choices=list(SCHEDULERS), default="euler", help="sampler (default euler)")
@@ -247,11 +252,13 @@ def generate(args) -> int:
                 f"sampling failed ({args.device or pipe.device.type}, {args.dtype}): {one_line(error)}"
             ) from None
     names = [pipe.id2label.get(c, str(c)) if pipe.id2label else str(c) for c in class_ids]
+    interval = args.guidance_interval or pipe.config.default_guidance_interval
+    guidance = f"guidance {pipe.guidance_scale:g}" + (" for t in [{:g}, {:g}]".format(*interval) if interval else "")
     grid = labelled_grid(images, names, args.num_images)
     save_image(grid, args.output)
     print(
         f"wrote {args.output}: {len(class_ids)} classes x {args.num_images} images "
-        f"({images[0].width}x{images[0].height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
+        f"({images[0].width}x{images[0].height}, {args.scheduler}, {args.steps} steps, {guidance}, "
         f"seed {args.seed})"
     )
     return 0

@@ -78,6 +78,19 @@ def _flatten(labels: Any) -> list:
     return [item for label in labels for item in _flatten(label)]
 
 
+def _check_guidance(scale_name: str, scale: float, interval_name: str, interval: Sequence[float] | None) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+        raise ValueError(f"`{scale_name}` must be a number >= 0 (1 disables guidance), got {scale!r}.")
+    if interval is not None:
+        if isinstance(interval, str) or not isinstance(interval, Sequence) or len(interval) != 2:
+            raise ValueError(f"`{interval_name}` must be (low, high) or None, got {interval!r}.")
+        low, high = interval
+        if not 0 <= low <= high <= 1:
+            raise ValueError(
+                f"`{interval_name}` must be (low, high) with 0 <= low <= high <= 1 in flow time t, got {tuple(interval)}."
+            )
+
+
 def official_euler_sigmas(num_points: int = 250) -> np.ndarray:
     """`sigmas=` that make `FlowMatchEulerDiscreteScheduler` (shift 1) run the official ODE sampler exactly.
 
@@ -98,6 +111,10 @@ class MPDiTPipeline(DiffusionPipeline):
             FlowMatchHeun, and UniPC / DPM-Solver with `use_flow_sigmas=True, prediction_type="flow_prediction"`
             work too.
         id2label (`dict[int, str]`, *optional*): Class names by id; comma-separated synonyms all resolve to the id.
+        default_guidance_scale (`float`, defaults to 1.5): The guidance scale a call uses when it passes none; saved in
+            `model_index.json`, so a model can carry the setting it samples best with.
+        default_guidance_interval (`tuple[float, float]`, *optional*): Likewise for `guidance_interval`; None guides
+            at every step.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -110,12 +127,23 @@ class MPDiTPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None,
         scheduler: SchedulerMixin,
         id2label: dict | None = None,
+        default_guidance_scale: float = 1.5,
+        default_guidance_interval: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
         # JSON turns the keys into strings on save; keep ints in memory.
         self.id2label = {int(k): v for k, v in (id2label or {}).items()}
-        self.register_to_config(id2label=self.id2label or None)
+        _check_guidance(
+            "default_guidance_scale", default_guidance_scale, "default_guidance_interval", default_guidance_interval
+        )
+        self.register_to_config(
+            id2label=self.id2label or None,
+            default_guidance_scale=float(default_guidance_scale),
+            default_guidance_interval=list(default_guidance_interval)
+            if default_guidance_interval is not None
+            else None,
+        )
         self._label_to_ids: dict[str, list[int]] = {}
         for class_id, names in sorted(self.id2label.items()):
             for name in (n.strip() for n in names.split(",")):
@@ -304,15 +332,7 @@ class MPDiTPipeline(DiffusionPipeline):
     ) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0 (1 disables guidance), got {guidance_scale}.")
-        if guidance_interval is not None:
-            low, high = guidance_interval
-            if not 0 <= low <= high <= 1:
-                raise ValueError(
-                    f"`guidance_interval` must be (low, high) with 0 <= low <= high <= 1 in flow time t, "
-                    f"got {tuple(guidance_interval)}."
-                )
+        _check_guidance("guidance_scale", guidance_scale, "guidance_interval", guidance_interval)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
         multiple = self.vae_scale_factor * self.transformer.config.patch_sizes[0]
@@ -361,7 +381,7 @@ class MPDiTPipeline(DiffusionPipeline):
         self,
         class_labels: int | str | Sequence[int] | Sequence[str] | torch.Tensor | None = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 1.5,
+        guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -380,10 +400,13 @@ class MPDiTPipeline(DiffusionPipeline):
             class_labels (`int`, `str`, `list`, or `torch.Tensor`): Class ids, or class names resolved through
                 `id2label`. The null class id (`transformer.config.num_classes`) gives unconditional samples.
             num_inference_steps (`int`, defaults to 50): Sampling steps (ignored when `sigmas` is given).
-            guidance_scale (`float`, defaults to 1.5): Classifier-free guidance scale
-                `v = v_uncond + s * (v_cond - v_uncond)`; 1 disables it. Read at every step.
+            guidance_scale (`float`, *optional*): Classifier-free guidance scale
+                `v = v_uncond + s * (v_cond - v_uncond)`; 1 disables it. Read at every step. Defaults to the
+                pipeline's `default_guidance_scale` (1.5 unless the saved model sets another).
             guidance_interval (`tuple[float, float]`, *optional*): Apply guidance only for flow times t (1 = noise)
-                within `[low, high]`; elsewhere the conditional prediction is used alone, at half the cost.
+                within `[low, high]`; elsewhere the conditional prediction is used alone, at half the cost. Defaults to
+                the pipeline's `default_guidance_interval` (every step unless the saved model sets one); `(0, 1)`
+                guides at every step whatever the default.
             num_images_per_prompt (`int`, defaults to 1): Images per class label.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per image.
             latents (`torch.Tensor`, *optional*): Initial noise of shape `(batch, C, h, w)`.
@@ -407,6 +430,10 @@ class MPDiTPipeline(DiffusionPipeline):
         config = self.transformer.config
         height = height or config.sample_size * self.vae_scale_factor
         width = width or config.sample_size * self.vae_scale_factor
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+        if guidance_interval is None and self.config.default_guidance_interval is not None:
+            guidance_interval = tuple(self.config.default_guidance_interval)
         self.check_inputs(
             num_inference_steps,
             guidance_scale,
