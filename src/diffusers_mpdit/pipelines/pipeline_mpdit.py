@@ -128,7 +128,8 @@ class MPDiTPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         id2label: dict | None = None,
         default_guidance_scale: float = 1.5,
-        default_guidance_interval: tuple[float, float] | None = None,
+        # A list too: that is how model_index.json gives it back.
+        default_guidance_interval: tuple[float, float] | list[float] | None = None,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
@@ -140,9 +141,9 @@ class MPDiTPipeline(DiffusionPipeline):
         self.register_to_config(
             id2label=self.id2label or None,
             default_guidance_scale=float(default_guidance_scale),
-            default_guidance_interval=list(default_guidance_interval)
-            if default_guidance_interval is not None
-            else None,
+            default_guidance_interval=None
+            if default_guidance_interval is None
+            else [float(v) for v in default_guidance_interval],
         )
         self._label_to_ids: dict[str, list[int]] = {}
         for class_id, names in sorted(self.id2label.items()):
