@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 import os
 import shutil
 import tempfile
@@ -79,10 +80,10 @@ def _flatten(labels: Any) -> list:
 
 
 def _check_guidance(scale_name: str, scale: float, interval_name: str, interval: Sequence[float] | None) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale >= 0:
         raise ValueError(f"`{scale_name}` must be a number >= 0 (1 disables guidance), got {scale!r}.")
     if interval is not None:
-        if isinstance(interval, str) or not isinstance(interval, Sequence) or len(interval) != 2:
+        if isinstance(interval, str) or not isinstance(interval, (Sequence, np.ndarray)) or len(interval) != 2:
             raise ValueError(f"`{interval_name}` must be (low, high) or None, got {interval!r}.")
         low, high = interval
         if not 0 <= low <= high <= 1:
