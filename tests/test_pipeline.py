@@ -156,18 +156,23 @@ def test_guidance_interval_limits_the_unconditional_half():
 
 
 def test_saved_default_guidance_applies_when_a_call_passes_none(tmp_path):
-    pipe = tiny_pipeline()
-    pipe.register_to_config(default_guidance_scale=3.0, default_guidance_interval=[0.3, 0.7])
+    tiny_pipeline().save_pretrained(tmp_path / "plain")
+    # Set the way the bundled model's train_command.sh sets them: from_pretrained keywords, then save.
+    pipe = MPDiTPipeline.from_pretrained(
+        tmp_path / "plain", default_guidance_scale=3.0, default_guidance_interval=(0.3, 0.7)
+    )
     pipe.save_pretrained(tmp_path)
     loaded = MPDiTPipeline.from_pretrained(tmp_path)
     assert loaded.config.default_guidance_scale == 3.0 and loaded.config.default_guidance_interval == [0.3, 0.7]
     spy = with_transformer(loaded, SpyTransformer, calls=[])
     loaded(class_labels=[1], num_inference_steps=4, output_type="latent")
-    assert loaded.guidance_scale == 3.0 and [b for b, _, _ in spy.calls] == [1, 2, 2, 1]
+    assert loaded.guidance_scale == 3.0 and loaded.guidance_interval == (0.3, 0.7)
+    assert [b for b, _, _ in spy.calls] == [1, 2, 2, 1]
     # An explicit interval, (0, 1) included, wins over the saved one.
     spy.calls.clear()
     loaded(class_labels=[1], num_inference_steps=4, guidance_interval=(0, 1), guidance_scale=2.0, output_type="latent")
-    assert loaded.guidance_scale == 2.0 and [b for b, _, _ in spy.calls] == [2, 2, 2, 2]
+    assert loaded.guidance_scale == 2.0 and loaded.guidance_interval == (0, 1)
+    assert [b for b, _, _ in spy.calls] == [2, 2, 2, 2]
     # A pipeline saved before these settings existed keeps the old behaviour: 1.5 at every step.
     index = json.loads((tmp_path / "model_index.json").read_text())
     del index["default_guidance_scale"], index["default_guidance_interval"]

@@ -252,7 +252,7 @@ def generate(args) -> int:
                 f"sampling failed ({args.device or pipe.device.type}, {args.dtype}): {one_line(error)}"
             ) from None
     names = [pipe.id2label.get(c, str(c)) if pipe.id2label else str(c) for c in class_ids]
-    interval = args.guidance_interval or pipe.config.default_guidance_interval
+    interval = pipe.guidance_interval
     guidance = f"guidance {pipe.guidance_scale:g}" + (" for t in [{:g}, {:g}]".format(*interval) if interval else "")
     grid = labelled_grid(images, names, args.num_images)
     save_image(grid, args.output)

@@ -276,6 +276,11 @@ class MPDiTPipeline(DiffusionPipeline):
         return self._guidance_scale
 
     @property
+    def guidance_interval(self) -> tuple[float, float] | None:
+        """The flow-time interval the last call guided in (its argument or the saved default); None: every step."""
+        return self._guidance_interval
+
+    @property
     def do_classifier_free_guidance(self) -> bool:
         return self._guidance_scale > 1 and self.transformer.config.num_classes > 0
 
@@ -447,6 +452,7 @@ class MPDiTPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         self._guidance_scale = guidance_scale
+        self._guidance_interval = None if guidance_interval is None else tuple(guidance_interval)
         self._interrupt = False
         device = self._execution_device
 
