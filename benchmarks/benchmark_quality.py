@@ -62,11 +62,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     pipe = MPDiTPipeline.from_pretrained(args.model)
-    # Record the settings actually used, the model's own defaults included.
-    if args.guidance_scale is None:
-        args.guidance_scale = pipe.config.default_guidance_scale
-    if args.guidance_interval is None:
-        args.guidance_interval = pipe.config.default_guidance_interval
     train, test = load_split(args.data, "train"), load_split(args.data, "test")
     if pipe.id2label and [pipe.id2label[i] for i in range(len(train.names))] != train.names:
         raise SystemExit(f"error: the model's classes {pipe.id2label} are not the data's {train.names}")
@@ -75,10 +70,16 @@ def main(argv: list[str] | None = None) -> dict:
     reference = scorer.reference(args.num_samples, seed=args.seed, noise_levels=NOISE_LEVELS, half_mirrored=True)
     classifier_minutes = (time.perf_counter() - start) / 60
     start = time.perf_counter()
-    interval = tuple(args.guidance_interval) if args.guidance_interval else None
     generated = scorer.score_pipeline(
-        pipe, args.num_samples, args.steps, args.guidance_scale, seed=args.seed, guidance_interval=interval
+        pipe,
+        args.num_samples,
+        args.steps,
+        args.guidance_scale,
+        seed=args.seed,
+        guidance_interval=args.guidance_interval,
     )
+    # Record what the pipeline used, its saved defaults where the flags gave none.
+    args.guidance_scale, args.guidance_interval = pipe.guidance_scale, pipe.guidance_interval
     sampling_minutes = (time.perf_counter() - start) / 60
 
     accuracy_ratio = generated["A_gen"] / reference["A_real"]

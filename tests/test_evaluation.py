@@ -132,6 +132,9 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     assert result["generated"]["num_samples"] == 10 and set(result["generated"]["per_class"]) == set(FASHION_MNIST)
     assert 0 <= result["generated"]["A_gen"] <= 1 and result["generated"]["FD"] > 0
     assert "A_gen" in run.stdout and "x A_real" in run.stdout and "for flow times in [0.1, 0.6]" in run.stdout
+    # Without --guidance_scale the model's saved default is used, and recorded.
+    saved = json.loads((Path(BUNDLED_MODEL) / "model_index.json").read_text())["default_guidance_scale"]
+    assert result["args"]["guidance_scale"] == saved and result["args"]["guidance_interval"] == [0.1, 0.6]
     # The card, rendered from that JSON into a copy of the bundled model, gives the settings that were measured.
     model = shutil.copytree(BUNDLED_MODEL, tmp_path / "model")
     card = subprocess.run(

@@ -7,6 +7,7 @@ model a small CNN trained on the real training split is the judge instead: A_gen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,10 +205,10 @@ class ClassifierScorer:
         pipeline,
         num_samples: int,
         num_inference_steps: int,
-        guidance_scale: float,
+        guidance_scale: float | None = None,
         seed: int = 0,
         batch_size: int = 100,
-        guidance_interval: tuple[float, float] | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ) -> dict:
         """Generates `num_samples` class-balanced images with `pipeline` (its own scheduler) and scores them. Outputs
         are rounded to 8 bits, as saved images and the real data are.
@@ -216,11 +217,11 @@ class ClassifierScorer:
             pipeline (`MPDiTPipeline`): A pipeline whose classes are the dataset's.
             num_samples (`int`): Images to generate, cycling through the classes.
             num_inference_steps (`int`): Sampling steps.
-            guidance_scale (`float`): Classifier-free guidance scale.
+            guidance_scale (`float`, *optional*): Classifier-free guidance scale; None: the pipeline's default.
             seed (`int`): Batch `i` uses `torch.Generator().manual_seed(seed + i)`.
             batch_size (`int`): Images per pipeline call.
             guidance_interval (`tuple[float, float]`, *optional*): Passed to the pipeline: guide only for flow times in
-                `[low, high]`.
+                `[low, high]`; None: the pipeline's default.
         """
         num_classes = len(self.train.names)
         labels = torch.arange(num_samples) % num_classes
