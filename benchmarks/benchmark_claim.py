@@ -24,6 +24,7 @@ import torch
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel
 from diffusers_mpdit.evaluation import ClassifierScorer, load_split
+from diffusers_mpdit.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"num_attention_heads": 4, "attention_head_dim": 32, "num_class_tokens": 16}
@@ -87,7 +88,8 @@ def evaluate(args, scorer: ClassifierScorer) -> dict:
             pipe = MPDiTPipeline(
                 transformer=transformer, vae=final.vae, scheduler=final.scheduler, id2label=final.id2label
             )
-            score = scorer.score_pipeline(pipe, args.num_samples, args.steps, args.guidance_scale, seed=0)
+            sampling = SamplingConfig(steps=args.steps, guidance_scale=args.guidance_scale)
+            score = scorer.score_pipeline(pipe, args.num_samples, sampling)
             rows.append({"minutes": seconds / 60, "step": step, **score})
             print(
                 f"{label}: {seconds / 60:5.1f} min, step {step:5d}: A_gen {score['A_gen']:.3f}, FD {score['FD']:.2f}"

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
 from diffusers_mpdit.atomic import give_normal_permissions
+from diffusers_mpdit.sampling import SamplingConfig
 from diffusers_mpdit.training import (
     WEIGHTING_SCHEMES,
     LatentCacheDataset,
@@ -137,8 +138,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     infra.add_argument("--tracker_project_name", default="train_mpdit")
     infra.add_argument("--validation_steps", type=int, default=5000, help="sample grid every N steps (0: never)")
     infra.add_argument("--validation_classes", help="comma-separated class ids or names (default: up to 8 classes)")
-    infra.add_argument("--validation_inference_steps", type=int, default=50)
-    infra.add_argument("--validation_guidance_scale", type=float, default=1.5)
+    infra.add_argument(
+        "--validation_inference_steps",
+        type=int,
+        default=SamplingConfig.steps,
+        help=f"sampling steps of the validation grids (default {SamplingConfig.steps})",
+    )
+    infra.add_argument(
+        "--validation_guidance_scale",
+        type=float,
+        help="guidance of the validation grids (default: the pipeline's default_guidance_scale)",
+    )
     infra.add_argument("--push_to_hub", action="store_true")
     infra.add_argument("--hub_model_id")
     infra.add_argument("--hub_token")
@@ -609,11 +619,11 @@ def sample_grid(args, accelerator, pipeline: MPDiTPipeline, classes, step, name=
     """A PNG grid of `pipeline`'s samples (the EMA model) for fixed classes and a fixed seed."""
     pipeline = pipeline.to(accelerator.device)
     pipeline.set_progress_bar_config(disable=True)
+    sampling = SamplingConfig(
+        steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale, seed=args.seed
+    )
     images = pipeline(
-        class_labels=classes,
-        num_inference_steps=args.validation_inference_steps,
-        guidance_scale=args.validation_guidance_scale,
-        generator=torch.Generator().manual_seed(args.seed),
+        class_labels=classes, generator=sampling.generators(range(len(classes))), **sampling.call_kwargs(pipeline)
     ).images
     images = [im.convert("RGB") for im in images]
     grid = make_image_grid(images, rows=1, cols=len(images))

@@ -12,10 +12,9 @@ import argparse
 import random
 
 import gradio as gr
-import torch
 
 from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
-from diffusers_mpdit.pipelines.schedulers import SCHEDULERS, make_scheduler
+from diffusers_mpdit.sampling import DTYPES, SAMPLERS, SamplingConfig, load_pipeline, upscale_nearest
 
 MAX_IMAGES = 8
 MAX_STEPS = 100
@@ -23,13 +22,18 @@ MAX_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
 # Small models draw tiny images; the gallery shows them at least this big (nearest neighbour keeps the pixels sharp).
 MIN_DISPLAY = 256
+# The controls' names, for errors about their values.
+UI_NAMES = {
+    "scheduler": "Scheduler",
+    "steps": "Sampling steps",
+    "guidance_scale": "Guidance scale",
+    "guidance_interval": "The guidance interval (from t, to t)",
+}
 
 
-def load(model: str, device: str | None = None) -> MPDiTPipeline:
-    if device is None:
-        device = torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return MPDiTPipeline.from_pretrained(model, dtype=dtype).to(device)
+def load(model: str, device: str | None = None, dtype: str = SamplingConfig.dtype) -> MPDiTPipeline:
+    """The pipeline the Space serves (`diffusers_mpdit.sampling.load_pipeline`, with its device and dtype defaults)."""
+    return load_pipeline(model, device, dtype)
 
 
 def class_choices(pipe: MPDiTPipeline) -> list[tuple[str, int]]:
@@ -68,33 +72,40 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
     ):
         if class_id not in valid_ids:
             raise gr.Error("Pick a class from the list.")
-        if not (1 <= num_images <= MAX_IMAGES and 1 <= steps <= MAX_STEPS and 0 <= guidance <= MAX_GUIDANCE):
+        if not (1 <= num_images <= MAX_IMAGES and 1 <= steps <= MAX_STEPS and guidance <= MAX_GUIDANCE):
             raise gr.Error(f"Images must be 1-{MAX_IMAGES}, steps 1-{MAX_STEPS} and guidance 0-{MAX_GUIDANCE}.")
-        if not 0 <= low < high <= 1:
-            raise gr.Error("The guidance interval needs 0 <= start < end <= 1.")
-        if scheduler not in SCHEDULERS:
-            raise gr.Error(f"Scheduler must be one of {', '.join(SCHEDULERS)}.")
         seed = random.randint(0, MAX_SEED) if randomize else int(seed)
         if not 0 <= seed <= MAX_SEED:
             raise gr.Error(f"Seed must be 0-{MAX_SEED}.")
-        num_images, steps = int(num_images), int(steps)
-        pipe.scheduler = make_scheduler(scheduler, scheduler_config)
-        progress((0, steps), desc="sampling")
+        try:
+            config = SamplingConfig(
+                scheduler=scheduler,
+                steps=int(steps),
+                guidance_scale=float(guidance),
+                guidance_interval=(float(low), float(high)),
+                seed=seed,
+            ).validate(UI_NAMES)
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        num_images = int(num_images)
+        pipe.scheduler = config.make_scheduler(scheduler_config)
+        call = config.call_kwargs(pipe)
+        progress((0, config.steps), desc="sampling")
 
-        def on_step_end(_pipe, i, _t, tensors):
-            progress((i + 1, steps), desc="sampling")
+        def on_step_end(running, i, _t, tensors):
+            progress((i + 1, running.num_timesteps), desc="sampling")
             return tensors
 
         images = pipe(
             class_labels=[class_id] * num_images,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            guidance_interval=(low, high),
-            generator=[torch.Generator().manual_seed(seed + i) for i in range(num_images)],
+            generator=config.generators(range(num_images)),
             callback_on_step_end=on_step_end,
+            **call,
         ).images
         name = dict((v, k) for k, v in choices)[class_id]
-        return [(upscale(image), f"{name}, seed {seed + i}") for i, image in enumerate(images)], seed
+        return [
+            (upscale_nearest(image, MIN_DISPLAY), f"{name}, seed {seed + i}") for i, image in enumerate(images)
+        ], seed
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nClass-conditional generation with MPDiT (Dao and Metaxas, CVPR 2026).")
@@ -112,7 +123,7 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     randomize = gr.Checkbox(value=True, label="Random seed")
-                scheduler = gr.Dropdown(list(SCHEDULERS), value="euler", label="Scheduler")
+                scheduler = gr.Dropdown(list(SAMPLERS), value=SamplingConfig.scheduler, label="Scheduler")
                 button = gr.Button("Generate", variant="primary")
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", elem_id="samples")
         inputs = [class_picker, num_images, steps, guidance, low, high, seed, randomize, scheduler]
@@ -126,23 +137,19 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
     return demo
 
 
-def upscale(image):
-    from PIL import Image
-
-    factor = max(1, -(-MIN_DISPLAY // max(image.size)))
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
     parser.add_argument("--device", default=None, help="default: the accelerator if any, else cpu")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=SamplingConfig.dtype, help="weights' dtype (default float32)"
+    )
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME (a Space sets it) or 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--concurrency", type=int, default=1, help="generations at a time")
     parser.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait")
     args = parser.parse_args(argv)
-    demo = build_demo(load(args.model, args.device))
+    demo = build_demo(load(args.model, args.device, args.dtype))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port)
 

@@ -75,15 +75,34 @@ def test_generate_defaults_to_every_class_and_any_scheduler(tmp_path):
     assert Image.open(out).height == 10 * (MIN_CELL + 4)
 
 
+def test_generate_runs_the_official_sde_and_says_so(tmp_path):
+    out = tmp_path / "sde.png"
+    run = mpdit(
+        "generate", "--class", "bag", "--num-images", "1", "--scheduler", "sde", "--steps", "4", "--guidance", "2",
+        "--guidance-interval", "0", "1", "--diffusion-form", "sigma", "-o", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "(32x32, sde (sigma, norm 1, last step 0.04), 4 steps, guidance 2 for t in [0, 1], seed 0)" in run.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--class", "cot"], "--class: the unknown class name 'cot'. Closest names: 'coat'. See `mpdit labels`."),
         (["--class", "10"], "--class 10: ids run from 0 to 9"),
-        (["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
-        (["--guidance", "nan"], "argument --guidance: expected a number >= 0, got 'nan'"),
-        (["--guidance-interval", "0.8", "0.2"], "LOW must be below HIGH"),
-        (["--scheduler", "ddim"], "invalid choice: 'ddim' (choose from 'euler', 'euler-stochastic', 'heun',"),
+        (["--steps", "0"], "--steps must be an integer >= 1 for the euler sampler; got 0"),
+        (["--scheduler", "ode", "--steps", "1"], "--steps must be an integer >= 2 for the ode sampler"),
+        (["--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),
+        (["--guidance-interval", "0.8", "0.2"], "--guidance-interval must be (low, high) with 0 <= low <= high <= 1"),
+        (
+            ["--scheduler", "ddim"],
+            "--scheduler must be one of euler, euler-stochastic, heun, unipc, dpm-solver, ode, sde",
+        ),
+        (
+            ["--scheduler", "sde", "--steps", "3", "--last-step-size", "0.5"],
+            "--last-step-size must be a number in (0, 0.5)",
+        ),
+        (["--diffusion-form", "linear"], "--diffusion-form must be one of constant, SBDM, sigma, decreasing"),
         (["--model", "/no/such/model"], "model '/no/such/model': no such folder"),
         (["-o", "grid.gif"], "-o 'grid.gif': the file name must end in one of .png, .jpg, .jpeg, .webp"),
         (["-o", "/no/such/folder/grid.png"], "the folder '/no/such/folder' does not exist"),

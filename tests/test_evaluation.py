@@ -122,7 +122,7 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     out = tmp_path / "quality.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "benchmark_quality.py"), "--data", str(tmp_path)]
-        + ["--num_samples", "10", "--steps", "2", "--classifier_epochs", "1", "--output_json", str(out)]
+        + ["--num_samples", "10", "--num_inference_steps", "2", "--classifier_epochs", "1", "--output_json", str(out)]
         + ["--guidance_interval", "0.1", "0.6"],
         capture_output=True,
         text=True,
@@ -131,10 +131,11 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     result = json.loads(out.read_text())
     assert result["generated"]["num_samples"] == 10 and set(result["generated"]["per_class"]) == set(FASHION_MNIST)
     assert 0 <= result["generated"]["A_gen"] <= 1 and result["generated"]["FD"] > 0
-    assert "A_gen" in run.stdout and "x A_real" in run.stdout and "for flow times in [0.1, 0.6]" in run.stdout
     # Without --guidance_scale the model's saved default is used, and recorded.
     saved = json.loads((Path(BUNDLED_MODEL) / "model_index.json").read_text())["default_guidance_scale"]
-    assert result["args"]["guidance_scale"] == saved and result["args"]["guidance_interval"] == [0.1, 0.6]
+    assert result["sampling"]["guidance_scale"] == saved and result["sampling"]["guidance_interval"] == [0.1, 0.6]
+    assert "A_gen" in run.stdout and "x A_real" in run.stdout
+    assert f"euler, 2 steps, guidance {saved:g} for t in [0.1, 0.6], seed 0" in run.stdout
     # The card, rendered from that JSON into a copy of the bundled model, gives the settings that were measured.
     model = shutil.copytree(BUNDLED_MODEL, tmp_path / "model")
     card = subprocess.run(
@@ -145,7 +146,7 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     )
     assert card.returncode == 0, card.stderr[-3000:]
     text = (model / "README.md").read_text()
-    assert "--num_samples 10 --steps 2 --guidance_interval 0.1 0.6" in text
+    assert "--num_samples 10 --num_inference_steps 2 --guidance_interval 0.1 0.6" in text
     assert "guidance_interval=(0.1, 0.6)" in text
 
 

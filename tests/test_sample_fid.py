@@ -1,13 +1,20 @@
-"""examples/sample_fid.py: world-size independent, resumable, ADM-format output."""
+"""examples/sample_fid.py: the official samplers, the model's saved guidance, world-size independent, resumable,
+ADM-format output."""
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_pipeline
+from test_samplers import hand_ode, hand_sde
 from test_training import launch
+
+from diffusers_mpdit import MPDiTPipeline
 
 SCRIPT = str(Path(__file__).parents[1] / "examples" / "sample_fid.py")
 sys.path.insert(0, str(Path(SCRIPT).parent))
@@ -34,12 +41,15 @@ def load_npz(output_dir, name="samples_10x16x16x3.npz"):
 
 
 def test_same_images_on_one_and_two_processes_and_resume(model_dir, tmp_path):
-    launch(SCRIPT, sample_args(model_dir, tmp_path / "one"))
-    two = launch(SCRIPT, sample_args(model_dir, tmp_path / "two"), launcher="torchrun", nproc=2)
+    flags = {"label_sampling": "random"}
+    launch(SCRIPT, sample_args(model_dir, tmp_path / "one", **flags))
+    two = launch(SCRIPT, sample_args(model_dir, tmp_path / "two", **flags), launcher="torchrun", nproc=2)
     assert "over 2 processes" in two.stdout and "images/s" in two.stdout
     images, labels = load_npz(tmp_path / "one")
     assert images.dtype == np.uint8 and images.shape == (10, 16, 16, 3)
-    assert labels.tolist() == [i % 10 for i in range(10)]  # the tiny model has 10 classes: balanced
+    # Random labels: each image's class hashes the seed (3) and its index, the same on any number of processes.
+    digests = [hashlib.sha256(f"mpdit-label,3,{i}".encode()).digest() for i in range(10)]
+    assert labels.tolist() == [int.from_bytes(d[:8], "little") % 10 for d in digests]
     assert images.std() > 10  # real samples, not a blank
     two_images, two_labels = load_npz(tmp_path / "two")
     np.testing.assert_array_equal(two_images, images)
@@ -51,30 +61,40 @@ def test_same_images_on_one_and_two_processes_and_resume(model_dir, tmp_path):
         (folder / f"{index:06d}.png").unlink()
     os.remove(tmp_path / "two" / "samples_10x16x16x3.npz")
     kept = {i: (folder / f"{i:06d}.png").stat().st_mtime_ns for i in range(8)}
-    resumed = launch(SCRIPT, sample_args(model_dir, tmp_path / "two"))
+    resumed = launch(SCRIPT, sample_args(model_dir, tmp_path / "two", **flags))
     assert "2 of this process's 3 batches already done" in resumed.stdout
     assert {i: (folder / f"{i:06d}.png").stat().st_mtime_ns for i in range(8)} == kept
     np.testing.assert_array_equal(load_npz(tmp_path / "two")[0], images)
     assert not [p for p in os.listdir(tmp_path / "two") if p.startswith(".")]  # no temporary files left
 
 
-def test_each_image_is_the_pipeline_sample_of_its_own_seed(model_dir, tmp_path):
-    from sample_fid import image_generator
+@pytest.fixture(scope="module")
+def model_with_defaults(tmp_path_factory):
+    """A model that saves guidance 2.5 for t <= 0.6 as its default, as the bundled one does."""
+    pipe = tiny_pipeline(with_vae=False, in_channels=3, sample_size=16)
+    path = tmp_path_factory.mktemp("model") / "with-defaults"
+    MPDiTPipeline(pipe.transformer, None, pipe.scheduler, pipe.id2label, 2.5, (0.0, 0.6)).save_pretrained(path)
+    return path
 
-    from diffusers_mpdit import MPDiTPipeline
 
-    launch(SCRIPT, sample_args(model_dir, tmp_path / "out", num_samples=6, num_classes=3, batch_size=3))
-    images, labels = load_npz(tmp_path / "out", "samples_6x16x16x3.npz")
-    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
-    pipe = MPDiTPipeline.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    for index in (0, 4):
-        alone = pipe(
-            class_labels=[index % 3], num_inference_steps=2, generator=[image_generator(3, index)], output_type="np"
-        ).images[0]
-        alone = (np.clip(alone, 0, 1) * 255).round()
-        # Sampled alone rather than in a batch of three: equal up to float rounding.
-        assert np.abs(alone - images[index]).max() <= 1
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_first_images_are_the_official_loops_at_the_models_saved_guidance(model_with_defaults, tmp_path, sampler):
+    # No guidance flags: the model's saved 2.5 on [0, 0.6] applies (a forced 1.5 would fail), and is recorded.
+    args = sample_args(model_with_defaults, tmp_path, num_samples=4, batch_size=3, num_inference_steps=5, seed=8)
+    launch(SCRIPT, args + ["--scheduler", sampler, "--num_classes", "3"])
+    settings = json.loads((tmp_path / "sampling_settings.json").read_text())
+    assert settings["scheduler"] == sampler and settings["steps"] == 5
+    assert settings["guidance_scale"] == 2.5 and settings["guidance_interval"] == [0.0, 0.6]
+    images, labels = load_npz(tmp_path, "samples_4x16x16x3.npz")
+    assert labels.tolist() == [0, 1, 2, 0]
+    pipe = MPDiTPipeline.from_pretrained(model_with_defaults)
+    hand = hand_ode if sampler == "ode" else hand_sde
+    for index in (0, 3):  # the first image of each of the two batches
+        label = torch.tensor([index % 3])
+        x = hand(pipe, label, [8 + index], 5, 2.5, interval=(0.0, 0.6), shape=(3, 16, 16))
+        expected = ((x[0] / 2 + 0.5).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+        # A batch of three against one image alone: equal up to a grey level of rounding.
+        assert np.abs(expected - images[index]).max() <= 1
 
 
 def test_refuses_to_mix_settings(model_dir, tmp_path):
@@ -90,9 +110,13 @@ def test_refuses_to_mix_settings(model_dir, tmp_path):
     [
         ("num_samples", 0, "--num_samples must be >= 1"),
         ("num_classes", 11, "--num_classes 11: the model has 10 classes"),
-        ("guidance_interval", "0.8 0.2", "--guidance_interval must be LOW <= HIGH"),
+        ("guidance_interval", "0.8 0.2", "--guidance_interval must be (low, high) with 0 <= low <= high <= 1"),
         # torch seeds CPU generators with 32 bits: seed + index must not wrap around.
-        ("seed", 2**32 - 1, "--seed must be in [0, 2**32 - num_samples]"),
+        ("seed", 2**32 - 1, "--seed must be at most 2**32 - 2 for 2 images"),
+        ("scheduler", "ddim", "--scheduler must be one of euler"),
+        ("diffusion_form", "linear", "--diffusion_form must be one of constant, SBDM"),
+        ("last_step_size", "0.6", "--last_step_size must be a number in (0, 0.5)"),
+        ("label_sampling", "stratified", "argument --label_sampling: invalid choice: 'stratified'"),
     ],
 )
 def test_bad_arguments(model_dir, tmp_path, flag, value, message):
@@ -101,6 +125,8 @@ def test_bad_arguments(model_dir, tmp_path, flag, value, message):
         args += ["--guidance_interval", *value.split()]
     else:
         args += [f"--{flag}", str(value)]
+    if flag in ("diffusion_form", "last_step_size"):
+        args += ["--scheduler", "sde"]
     run = launch(SCRIPT, args, launcher="python", check=False)
     assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "out" / "images").exists() or not os.listdir(tmp_path / "out" / "images")

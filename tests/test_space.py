@@ -82,7 +82,7 @@ def test_api_enforces_the_bounds_the_sliders_show(space):
 
     app, url = space
     client = Client(url, verbose=False)
-    good = dict(class_id=7, num_images=1, steps=2, guidance=1.5, low=0.0, high=1.0, seed=3, randomize=False)
+    good = dict(class_id=7, num_images=1, steps=2, guidance=1.5, low=0.0, high=0.9, seed=3, randomize=False)
     result, seed = client.predict(*good.values(), "heun", api_name="/generate")
     assert seed == 3 and len(result) == 1 and result[0]["caption"] == "sneaker (7), seed 3"
     # Gradio checks the sliders' ranges, the app the rest; either way the caller gets the reason.
@@ -90,10 +90,13 @@ def test_api_enforces_the_bounds_the_sliders_show(space):
         ("num_images", app.MAX_IMAGES + 1, "greater than maximum value 8"),
         ("steps", 10_000, "greater than maximum value 100"),
         ("guidance", -1.0, "less than minimum value 0"),
-        ("low", 1.0, "interval needs 0 <= start < end <= 1"),
+        ("low", 1.0, r"guidance interval \(from t, to t\) must be \(low, high\) with 0 <= low <= high <= 1"),
         ("class_id", 99, "not in the list of choices|Pick a class"),
     ]:
         with pytest.raises(Exception, match=reason):
             client.predict(*(good | {name: bad}).values(), "euler", api_name="/generate")
     with pytest.raises(Exception, match="not in the list of choices|Scheduler must be"):
         client.predict(*good.values(), "ddim", api_name="/generate")
+    # The official samplers need two time points.
+    with pytest.raises(Exception, match="Sampling steps must be an integer >= 2 for the sde sampler"):
+        client.predict(*(good | {"steps": 1}).values(), "sde", api_name="/generate")

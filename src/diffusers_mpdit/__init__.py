@@ -6,6 +6,8 @@ import os
 
 from .models import PRESETS, MPDiTTransformer2DModel
 from .pipelines import MPDiTPipeline, default_scheduler, official_euler_sigmas
+from .sampling import SamplingConfig
+from .schedulers import FlowMatchEulerMaruyamaScheduler
 from .training import denormalize_latents, normalize_latents
 
 # Path for `DiffusionPipeline.from_pretrained(path, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)`.
@@ -16,7 +18,9 @@ BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "bundled", "mpdit-fashio
 __all__ = [
     "BUNDLED_MODEL",
     "CUSTOM_PIPELINE",
+    "FlowMatchEulerMaruyamaScheduler",
     "PRESETS",
+    "SamplingConfig",
     "MPDiTPipeline",
     "MPDiTTransformer2DModel",
     "__version__",

@@ -1,7 +1,7 @@
 """The `mpdit` command: generate labelled image grids, convert official checkpoints, list class names.
 
-    mpdit generate [--model PATH_OR_HUB_ID] [--class NAME_OR_ID ...] [--num-images 4] [--steps 50] [--guidance S]
-                   [--seed 0] [--scheduler euler] -o grid.png
+    mpdit generate [--model PATH_OR_HUB_ID] [--class NAME_OR_ID ...] [--num-images 4] [--scheduler euler|...|ode|sde]
+                   [--steps 50] [--guidance S] [--guidance-interval LOW HIGH] [--seed 0] -o grid.png
     mpdit convert --checkpoint official.pt --output DIR [...]
     mpdit labels [MODEL]
     mpdit evaluate SAMPLES REFERENCE [--resolution 256] [-o metrics.json]   (FID, sFID, IS, precision, recall)
@@ -12,16 +12,22 @@ Without `--model`, the bundled Fashion-MNIST demo model is used. Errors are one 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
 
 from . import BUNDLED_MODEL
 from .atomic import atomic_path
-from .pipelines.schedulers import SCHEDULERS
+from .sampling import (
+    IMAGE_SUFFIXES,
+    SamplingConfig,
+    add_sampling_arguments,
+    default_device,
+    load_pipeline,
+    one_line,
+    upscale_nearest,
+)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Small models draw tiny images; the grid upscales them (nearest neighbour) to at least this many pixels a side.
 MIN_CELL = 128
 MAX_DEFAULT_CLASSES = 16
@@ -48,23 +54,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a flow time in [0, 1], got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mpdit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,labels,evaluate}")
@@ -80,25 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"class names or ids, one grid row each (default: every class, for models with <= {MAX_DEFAULT_CLASSES})",
     )
     generate.add_argument("--num-images", type=positive_int, default=4, help="images per class (default 4)")
-    generate.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
-    generate.add_argument(
-        "--guidance",
-        type=non_negative_float,
-        help="CFG scale, 1 = off (default: the model's saved default_guidance_scale, 1.5 unless it sets another)",
-    )
-    generate.add_argument(
-        "--guidance-interval",
-        nargs=2,
-        type=unit_float,
-        metavar=("LOW", "HIGH"),
-        help="apply guidance only for flow times in [LOW, HIGH] (1 = noise); 0 1 = every step (default: the model's "
-        "saved default_guidance_interval, every step unless it sets one)",
-    )
-    generate.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
-    generate.add_argument("--scheduler", choices=list(SCHEDULERS), default="euler", help="sampler (default euler)")
+    add_sampling_arguments(generate, "dash")
+    parser.generate_parser = generate
     generate.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
-    generate.add_argument("--device", default=None, help="torch device (default: the accelerator if any, else cpu)")
-    generate.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     generate.add_argument("-o", "--output", required=True, help=f"grid image file ({', '.join(IMAGE_SUFFIXES)})")
 
     convert = commands.add_parser(
@@ -142,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_labels(args)
         if args.command == "evaluate":
             return evaluate(args)
-        return generate(args)
+        return generate(args, parser.generate_parser)
     except CommandError as error:
         parser.exit(2, f"mpdit {args.command}: error: {error}\n")
     except KeyboardInterrupt:
@@ -152,37 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
-    import torch
-    from diffusers.utils import logging as diffusers_logging
-
-    from .pipelines import MPDiTPipeline
-
-    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise CommandError(f"model {model!r}: no such folder (give a pipeline folder or a Hub id like org/name)")
-    diffusers_logging.disable_progress_bar()  # the component-loading bar is noise next to the sampling bar
+def open_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
     try:
-        pipe = MPDiTPipeline.from_pretrained(os.path.expanduser(model), dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as error:
-        raise CommandError(f"model {model!r}: cannot load it: {one_line(error)}") from None
-    finally:
-        diffusers_logging.enable_progress_bar()
-    if device is None:
-        device = default_device()
-    try:
-        return pipe.to(device)
-    except (RuntimeError, AssertionError) as error:
-        raise CommandError(f"--device {device!r}: {one_line(error)}") from None
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return " ".join(text.split())
+        return load_pipeline(model, device, dtype)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def list_labels(args) -> int:
-    pipe = load_pipeline(args.model)
+    pipe = open_pipeline(args.model)
     num_classes = pipe.transformer.config.num_classes
     if not pipe.id2label:
         print(f"{args.model} has {num_classes} classes (ids 0-{num_classes - 1}) and no names")
@@ -218,48 +169,39 @@ def resolve_classes(pipe, values: list[str] | None) -> list[int]:
     return ids
 
 
-def generate(args) -> int:
-    import torch
-
-    from .pipelines.schedulers import make_scheduler
-
+def generate(args, parser: argparse.ArgumentParser) -> int:
+    config = SamplingConfig.from_args(args, parser)
     if not args.output.lower().endswith(IMAGE_SUFFIXES):
         raise CommandError(f"-o {args.output!r}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise CommandError(f"-o {args.output!r}: the folder {folder!r} does not exist")
-    if args.guidance_interval and args.guidance_interval[0] >= args.guidance_interval[1]:
-        raise CommandError(f"--guidance-interval {args.guidance_interval}: LOW must be below HIGH")
 
-    pipe = load_pipeline(args.model, args.device, args.dtype)
-    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe = open_pipeline(args.model, config.device, config.dtype)
+    pipe.scheduler = config.make_scheduler(pipe.scheduler.config)
     class_ids = resolve_classes(pipe, args.classes)
     requests = [class_id for class_id in class_ids for _ in range(args.num_images)]
+    try:
+        config.check_image_count(len(requests), parser.sampling_flags)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    call = config.call_kwargs(pipe)
     batches = [range(i, min(i + args.batch_size, len(requests))) for i in range(0, len(requests), args.batch_size)]
     images = []
     for n, batch in enumerate(batches):
         pipe.set_progress_bar_config(desc=f"batch {n + 1}/{len(batches)}" if len(batches) > 1 else "sampling")
         try:
             images += pipe(
-                class_labels=[requests[i] for i in batch],
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-                generator=[torch.Generator().manual_seed(args.seed + i) for i in batch],
+                class_labels=[requests[i] for i in batch], generator=config.generators(batch), **call
             ).images
         except (ValueError, RuntimeError) as error:  # e.g. a dtype the device cannot run, or out of memory
-            raise CommandError(
-                f"sampling failed ({args.device or pipe.device.type}, {args.dtype}): {one_line(error)}"
-            ) from None
+            raise CommandError(f"sampling failed ({pipe.device.type}, {config.dtype}): {one_line(error)}") from None
     names = [pipe.id2label.get(c, str(c)) if pipe.id2label else str(c) for c in class_ids]
-    interval = pipe.guidance_interval
-    guidance = f"guidance {pipe.guidance_scale:g}" + (" for t in [{:g}, {:g}]".format(*interval) if interval else "")
     grid = labelled_grid(images, names, args.num_images)
     save_image(grid, args.output)
     print(
         f"wrote {args.output}: {len(class_ids)} classes x {args.num_images} images "
-        f"({images[0].width}x{images[0].height}, {args.scheduler}, {args.steps} steps, {guidance}, "
-        f"seed {args.seed})"
+        f"({images[0].width}x{images[0].height}, {config.describe(pipe)})"
     )
     return 0
 
@@ -268,8 +210,8 @@ def labelled_grid(images: list, row_names: list[str], columns: int):
     """One row per class, its name on the left; small images are upscaled by an integer factor (nearest)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    scale = max(1, math.ceil(MIN_CELL / max(images[0].size)))
-    cell_w, cell_h = images[0].width * scale, images[0].height * scale
+    cells = [upscale_nearest(image.convert("RGB"), MIN_CELL) for image in images]
+    cell_w, cell_h = cells[0].size
     font = ImageFont.load_default(size=max(12, cell_h // 7))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(measure.textlength(name, font=font)) for name in row_names) + 16
@@ -280,15 +222,8 @@ def labelled_grid(images: list, row_names: list[str], columns: int):
         top = row * (cell_h + pad)
         draw.text((8, top + cell_h // 2), name, fill="black", font=font, anchor="lm")
         for col in range(columns):
-            image = images[row * columns + col].convert("RGB")
-            grid.paste(image.resize((cell_w, cell_h), Image.NEAREST), (label_w + col * (cell_w + pad), top))
+            grid.paste(cells[row * columns + col], (label_w + col * (cell_w + pad), top))
     return grid
-
-
-def default_device() -> str:
-    import torch
-
-    return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
 
 
 def evaluate(args) -> int:

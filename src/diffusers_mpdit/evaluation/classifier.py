@@ -7,7 +7,6 @@ model a small CNN trained on the real training split is the judge instead: A_gen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..sampling import SamplingConfig
 from ..training.data import center_crop_arr, image_to_tensor, pad_to
 from .frechet import feature_statistics, frechet_distance
 
@@ -200,41 +200,29 @@ class ClassifierScorer:
         distance = frechet_distance(*feature_statistics(self.features(images)), *self.test_stats)
         return {"A_gen": correct.mean().item(), "FD": distance, "per_class": per_class, "num_samples": len(labels)}
 
-    def score_pipeline(
-        self,
-        pipeline,
-        num_samples: int,
-        num_inference_steps: int,
-        guidance_scale: float | None = None,
-        seed: int = 0,
-        batch_size: int = 100,
-        guidance_interval: Sequence[float] | None = None,
-    ) -> dict:
-        """Generates `num_samples` class-balanced images with `pipeline` (its own scheduler) and scores them. Outputs
-        are rounded to 8 bits, as saved images and the real data are.
+    def score_pipeline(self, pipeline, num_samples: int, sampling: SamplingConfig, batch_size: int = 100) -> dict:
+        """Generates `num_samples` class-balanced images with `pipeline` and scores them. Image `i` has class
+        `i % classes` and the noise of `sampling.generators([i])`; outputs are rounded to 8 bits, as saved images and
+        the real data are.
 
         Args:
-            pipeline (`MPDiTPipeline`): A pipeline whose classes are the dataset's.
-            num_samples (`int`): Images to generate, cycling through the classes.
-            num_inference_steps (`int`): Sampling steps.
-            guidance_scale (`float`, *optional*): Classifier-free guidance scale; None: the pipeline's default.
-            seed (`int`): Batch `i` uses `torch.Generator().manual_seed(seed + i)`.
+            pipeline (`MPDiTPipeline`): A pipeline whose classes are the dataset's, with the scheduler to use.
+            num_samples (`int`): Images to generate.
+            sampling (`SamplingConfig`): Steps, guidance (None: the pipeline's defaults) and seed; the caller builds
+                the scheduler (`sampling.make_scheduler`).
             batch_size (`int`): Images per pipeline call.
-            guidance_interval (`tuple[float, float]`, *optional*): Passed to the pipeline: guide only for flow times in
-                `[low, high]`; None: the pipeline's default.
         """
-        num_classes = len(self.train.names)
-        labels = torch.arange(num_samples) % num_classes
+        labels = torch.arange(num_samples) % len(self.train.names)
+        call = sampling.call_kwargs(pipeline)
         pipeline.set_progress_bar_config(disable=True)
         images = []
-        for i, batch in enumerate(tqdm(labels.split(batch_size), desc="sampling")):
+        for start in tqdm(range(0, num_samples, batch_size), desc="sampling"):
+            batch = range(start, min(start + batch_size, num_samples))
             out = pipeline(
-                class_labels=batch.tolist(),
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                guidance_interval=guidance_interval,
-                generator=torch.Generator().manual_seed(seed + i),
+                class_labels=labels[batch.start : batch.stop].tolist(),
+                generator=sampling.generators(batch),
                 output_type="np",
+                **call,
             ).images
             pixels = np.round(out * 255).clip(0, 255) / 127.5 - 1.0
             images.append(torch.from_numpy(pixels).float().permute(0, 3, 1, 2))

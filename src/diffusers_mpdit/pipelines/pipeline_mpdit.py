@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import numbers
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.transformer_mpdit import MPDiTTransformer2DModel
 from ..training.latents import denormalize_latents
+from .guidance import check_guidance_interval, check_guidance_scale
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -79,19 +79,6 @@ def _flatten(labels: Any) -> list:
     return [item for label in labels for item in _flatten(label)]
 
 
-def _check_guidance(scale_name: str, scale: float, interval_name: str, interval: Sequence[float] | None) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale >= 0:
-        raise ValueError(f"`{scale_name}` must be a number >= 0 (1 disables guidance), got {scale!r}.")
-    if interval is not None:
-        if isinstance(interval, str) or not isinstance(interval, (Sequence, np.ndarray)) or len(interval) != 2:
-            raise ValueError(f"`{interval_name}` must be (low, high) or None, got {interval!r}.")
-        low, high = interval
-        if not 0 <= low <= high <= 1:
-            raise ValueError(
-                f"`{interval_name}` must be (low, high) with 0 <= low <= high <= 1 in flow time t, got {tuple(interval)}."
-            )
-
-
 def official_euler_sigmas(num_points: int = 250) -> np.ndarray:
     """`sigmas=` that make `FlowMatchEulerDiscreteScheduler` (shift 1) run the official ODE sampler exactly.
 
@@ -136,15 +123,12 @@ class MPDiTPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
         # JSON turns the keys into strings on save; keep ints in memory.
         self.id2label = {int(k): v for k, v in (id2label or {}).items()}
-        _check_guidance(
-            "default_guidance_scale", default_guidance_scale, "default_guidance_interval", default_guidance_interval
-        )
+        default_guidance_scale = check_guidance_scale(default_guidance_scale, "`default_guidance_scale`")
+        default_guidance_interval = check_guidance_interval(default_guidance_interval, "`default_guidance_interval`")
         self.register_to_config(
             id2label=self.id2label or None,
-            default_guidance_scale=float(default_guidance_scale),
-            default_guidance_interval=None
-            if default_guidance_interval is None
-            else [float(v) for v in default_guidance_interval],
+            default_guidance_scale=default_guidance_scale,
+            default_guidance_interval=None if default_guidance_interval is None else list(default_guidance_interval),
         )
         self._label_to_ids: dict[str, list[int]] = {}
         for class_id, names in sorted(self.id2label.items()):
@@ -282,7 +266,26 @@ class MPDiTPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1 and self.transformer.config.num_classes > 0
+        # Any scale but 1 is applied by the formula: below 1 it moves towards the unconditional prediction.
+        return self._guidance_scale != 1 and self.transformer.config.num_classes > 0
+
+    def resolve_guidance(
+        self, guidance_scale: float | None = None, guidance_interval: Sequence[float] | None = None
+    ) -> tuple[float, tuple[float, float] | None]:
+        """The guidance a call with these arguments uses: each one given, else the pipeline's saved default.
+
+        Args:
+            guidance_scale (`float`, *optional*): None: `default_guidance_scale`.
+            guidance_interval (`tuple[float, float]`, *optional*): None: `default_guidance_interval`.
+
+        Returns:
+            `(scale, interval)`, checked; an interval of None guides at every step.
+        """
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
+        if guidance_interval is None:
+            guidance_interval = self.config.default_guidance_interval
+        return check_guidance_scale(guidance_scale), check_guidance_interval(guidance_interval)
 
     @property
     def num_timesteps(self) -> int:
@@ -329,8 +332,6 @@ class MPDiTPipeline(DiffusionPipeline):
     def check_inputs(
         self,
         num_inference_steps: int,
-        guidance_scale: float,
-        guidance_interval: tuple[float, float] | None,
         num_images_per_prompt: int,
         height: int,
         width: int,
@@ -339,7 +340,6 @@ class MPDiTPipeline(DiffusionPipeline):
     ) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        _check_guidance("guidance_scale", guidance_scale, "guidance_interval", guidance_interval)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an integer >= 1, got {num_images_per_prompt!r}.")
         multiple = self.vae_scale_factor * self.transformer.config.patch_sizes[0]
@@ -408,7 +408,8 @@ class MPDiTPipeline(DiffusionPipeline):
                 `id2label`. The null class id (`transformer.config.num_classes`) gives unconditional samples.
             num_inference_steps (`int`, defaults to 50): Sampling steps (ignored when `sigmas` is given).
             guidance_scale (`float`, *optional*): Classifier-free guidance scale
-                `v = v_uncond + s * (v_cond - v_uncond)`; 1 disables it. Read at every step. Defaults to the
+                `v = v_uncond + s * (v_cond - v_uncond)`, applied as written for any `s >= 0`: 1 is the conditional
+                prediction alone (one forward pass), 0 the unconditional one. Read at every step. Defaults to the
                 pipeline's `default_guidance_scale` (1.5 unless the saved model sets another).
             guidance_interval (`tuple[float, float]`, *optional*): Apply guidance only for flow times t (1 = noise)
                 within `[low, high]`; elsewhere the conditional prediction is used alone, at half the cost. Defaults to
@@ -421,7 +422,8 @@ class MPDiTPipeline(DiffusionPipeline):
                 factor. Any multiple of the VAE factor times the coarsest patch size works.
             width (`int`, *optional*): Image width in pixels; same default and rule.
             sigmas (`list[float]`, *optional*): Custom flow times for schedulers that accept them.
-                `sigmas=official_euler_sigmas(250)` with the default scheduler is the official 250-point Euler sampler.
+                `sigmas=official_euler_sigmas(250)` with the default scheduler is the official 250-point ODE sampler;
+                [`FlowMatchEulerMaruyamaScheduler`] is the official SDE sampler.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (model-space latents).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): Called as `fn(pipe, step, timestep, callback_kwargs)` after
@@ -437,14 +439,9 @@ class MPDiTPipeline(DiffusionPipeline):
         config = self.transformer.config
         height = height or config.sample_size * self.vae_scale_factor
         width = width or config.sample_size * self.vae_scale_factor
-        if guidance_scale is None:
-            guidance_scale = self.config.default_guidance_scale
-        if guidance_interval is None and self.config.default_guidance_interval is not None:
-            guidance_interval = tuple(self.config.default_guidance_interval)
+        guidance_scale, guidance_interval = self.resolve_guidance(guidance_scale, guidance_interval)
         self.check_inputs(
             num_inference_steps,
-            guidance_scale,
-            guidance_interval,
             num_images_per_prompt,
             height,
             width,
@@ -452,7 +449,7 @@ class MPDiTPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
         )
         self._guidance_scale = guidance_scale
-        self._guidance_interval = None if guidance_interval is None else tuple(guidance_interval)
+        self._guidance_interval = guidance_interval
         self._interrupt = False
         device = self._execution_device
 
@@ -466,7 +463,12 @@ class MPDiTPipeline(DiffusionPipeline):
         latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
 
         extra_set_timesteps = {}
-        if getattr(self.scheduler.config, "use_dynamic_shifting", False):
+        # A scheduler built with from_config keeps the keys it does not use (e.g. the SDE one, a FlowMatchEuler
+        # config's `use_dynamic_shifting`): shift only where set_timesteps takes `mu`.
+        if (
+            getattr(self.scheduler.config, "use_dynamic_shifting", False)
+            and "mu" in inspect.signature(self.scheduler.set_timesteps).parameters
+        ):
             finest_tokens = (latents.shape[-2] // config.patch_sizes[-1]) * (
                 latents.shape[-1] // config.patch_sizes[-1]
             )
