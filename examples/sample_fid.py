@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffusers_mpdit.atomic import atomic_path
-from diffusers_mpdit.evaluation.adm import write_images_npz
+from diffusers_mpdit.evaluation.batches import write_images_npz
 from diffusers_mpdit.sampling import (
     LABEL_SAMPLING,
     SamplingConfig,

@@ -12,13 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_mpdit.evaluation.adm import (
-    inception_score,
-    load_images,
-    manifold_radii,
-    precision_recall,
-    write_images_npz,
-)
+from diffusers_mpdit.evaluation.adm import evaluate, inception_score, manifold_radii, precision_recall
+from diffusers_mpdit.evaluation.batches import NpzImages, NpzWriter, open_images, write_images_npz
 from diffusers_mpdit.evaluation.inception import InceptionV3Features, resize_like_tensorflow
 
 MPDIT = os.path.join(os.path.dirname(sys.executable), "mpdit")
@@ -53,18 +48,18 @@ def brute_force_precision_recall(reference, samples, k=3):
     return precision, recall, ref_radii
 
 
-@pytest.mark.parametrize("batch_size", [10000, 7])
-def test_precision_recall_match_brute_force(batch_size):
+@pytest.mark.parametrize("block_size", [10000, 7])
+def test_precision_recall_match_brute_force(block_size):
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(40, 5)).astype(np.float32)
     samples = (rng.normal(size=(30, 5)) * 0.8 + 1.0).astype(np.float32)  # shifted and narrower: both below 1
-    precision, recall = precision_recall(reference, samples, batch_size=batch_size)
+    precision, recall = precision_recall(reference, samples, block_size=block_size)
     expected_precision, expected_recall, ref_radii = brute_force_precision_recall(
         reference.astype(np.float64), samples.astype(np.float64)
     )
     assert precision == pytest.approx(expected_precision) and recall == pytest.approx(expected_recall)
     assert 0 < precision < 1 and 0 < recall < 1
-    radii = manifold_radii(torch.tensor(reference), batch_size=batch_size)
+    radii = manifold_radii(torch.tensor(reference), block_size=block_size)
     np.testing.assert_allclose(radii.numpy(), ref_radii, rtol=1e-4, atol=1e-5)
     # A set against itself is fully inside its own manifold.
     assert precision_recall(reference, reference) == (1.0, 1.0)
@@ -204,5 +199,158 @@ def test_folder_images_are_centre_cropped_like_adm(tmp_path):
     (tmp_path / "mixed").mkdir()
     Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "mixed" / "a.png")
     Image.new("RGB", (30, 40), (10, 200, 10)).save(tmp_path / "mixed" / "b.jpg")
-    batch = load_images(str(tmp_path / "mixed"), resolution=16)
-    assert batch.images.shape == (2, 16, 16, 3) and batch.images.dtype == np.uint8 and batch.statistics is None
+    folder = open_images(str(tmp_path / "mixed"), resolution=16)
+    (images,) = list(folder.batches(5))
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8 and folder.statistics is None
+    # Each image's own pixels (the JPEG within its compression error).
+    np.testing.assert_array_equal(images[0], np.full((16, 16, 3), (200, 10, 10)))
+    assert np.abs(images[1].astype(int) - (10, 200, 10)).max() <= 3
+
+
+# --- streaming ---------------------------------------------------------------------------------------------------
+
+
+class ProjectionFeatures:
+    """A cheap stand-in for the Inception network with the same interface: fixed random projections of the pixels."""
+
+    def __init__(self, pixels, pool=48, spatial=20, classes=12, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.pool = torch.randn(pixels, pool, generator=g) / pixels**0.5
+        self.spatial = torch.randn(pixels, spatial, generator=g) / pixels**0.5
+        self.logits = torch.randn(pool, classes, generator=g)
+
+    def __call__(self, images):
+        x = torch.as_tensor(np.asarray(images)).float().flatten(1) / 64
+        pool = torch.relu(x @ self.pool)
+        softmax = torch.softmax(pool.double() @ self.logits.double(), dim=1)
+        return {"pool": pool, "spatial": x @ self.spatial, "softmax": softmax}
+
+
+def in_memory_metrics(extractor, samples, reference, split_size=5000):
+    """The whole-in-memory computation, from formulas: numpy covariances, scipy's sqrtm, full distance matrices."""
+    from scipy import linalg
+
+    fake, real = extractor(samples), extractor(reference)
+
+    def frechet(a, b):
+        a, b = a.double().numpy(), b.double().numpy()
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        root = linalg.sqrtm(s1 @ s2).real
+        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+
+    def radii(x):
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        return np.sort(d, axis=1)[:, 3]
+
+    ref, gen = real["pool"].double().numpy(), fake["pool"].double().numpy()
+    cross = ((ref[:, None] - gen[None]) ** 2).sum(-1)
+    precision = (cross <= radii(ref)[:, None]).any(0).mean()
+    recall = (cross <= radii(gen)[None]).any(1).mean()
+    p = fake["softmax"].numpy()
+    scores = []
+    for start in range(0, len(p), split_size):
+        part = p[start : start + split_size]
+        scores.append(np.exp((part * (np.log(part) - np.log(part.mean(0)))).sum(1).mean()))
+    return {
+        "fid": frechet(fake["pool"], real["pool"]),
+        "sfid": frechet(fake["spatial"], real["spatial"]),
+        "inception_score": float(np.mean(scores)),
+        "precision": float(precision),
+        "recall": float(recall),
+    }
+
+
+def test_streamed_metrics_equal_the_whole_in_memory_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 256, size=(230, 6, 6, 3), dtype=np.uint8)
+    reference = (rng.beta(2, 5, size=(170, 6, 6, 3)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=samples)
+    write_folder(tmp_path / "real", list(reference))
+    extractor = ProjectionFeatures(6 * 6 * 3)
+    got = evaluate(
+        extractor, open_images(str(tmp_path / "samples.npz")), open_images(str(tmp_path / "real")),
+        batch_size=17, block_size=32, save_reference=str(tmp_path / "ref.npz"), workdir=str(tmp_path),
+    )  # fmt: skip
+    # Inception Score over splits of 5,000 as ADM, but a split of 100 here exercises the split boundary too.
+    expected = in_memory_metrics(extractor, samples, reference)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+    assert 0 < got["precision"] < 1 and 0 < got["recall"] < 1
+    assert got["num_samples"] == 230 and got["num_reference"] == 170 and got["reference_statistics"] == "computed"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mpdit-evaluate-")] == []  # features removed
+
+    # The saved reference is ADM's layout, and scored against it (precomputed statistics) nothing changes.
+    with np.load(tmp_path / "ref.npz") as ref:
+        np.testing.assert_array_equal(ref["arr_0"], reference)
+        features = extractor(reference)["spatial"].double().numpy()
+        np.testing.assert_allclose(ref["sigma_s"], np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12)
+    again = evaluate(extractor, open_images(str(tmp_path / "samples.npz")), NpzImages(str(tmp_path / "ref.npz")),
+                     batch_size=50, block_size=1000)  # fmt: skip
+    assert again["reference_statistics"] == "precomputed"
+    for name in ("fid", "sfid", "precision", "recall", "inception_score"):
+        assert again[name] == pytest.approx(got[name], rel=1e-7, abs=1e-7), name
+
+
+def test_inception_score_splits_are_streamed(tmp_path):
+    rng = np.random.default_rng(1)
+    samples = rng.integers(0, 256, size=(250, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", arr_0=samples)
+    extractor = ProjectionFeatures(48)
+    from diffusers_mpdit.evaluation.adm import stream_activations
+
+    streamed = stream_activations(extractor, NpzImages(str(tmp_path / "s.npz")), str(tmp_path), 33, split_size=60)
+    probabilities = extractor(samples)["softmax"].numpy()
+    expected = [inception_score(probabilities[i : i + 60]) for i in range(0, 250, 60)]
+    # Features of batches of 33 against one batch of 250: equal to float32 rounding.
+    np.testing.assert_allclose(streamed.split_scores, expected, rtol=1e-6)
+    assert len(streamed.split_scores) == 5
+
+
+def test_npz_reading_stored_and_deflated_and_writing(tmp_path):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(11, 5, 7, 3), dtype=np.uint8)
+    np.savez(tmp_path / "stored.npz", arr_0=images, arr_1=np.arange(11))
+    np.savez_compressed(tmp_path / "deflated.npz", arr_0=images)
+    for name in ("stored", "deflated"):
+        reader = open_images(str(tmp_path / f"{name}.npz"))
+        assert len(reader) == 11 and reader.shape == (11, 5, 7, 3) and reader.statistics is None
+        batches = list(reader.batches(4))
+        assert [len(b) for b in batches] == [4, 4, 3]
+        np.testing.assert_array_equal(np.concatenate(batches), images)
+
+    writer = NpzWriter(str(tmp_path / "out.npz"), "arr_0", images.shape)
+    for batch in np.array_split(images, 3):
+        writer.write(batch)
+    assert not (tmp_path / "out.npz").exists()  # nothing appears before the end
+    writer.close({"arr_1": np.arange(11)})
+    with np.load(tmp_path / "out.npz") as data:
+        np.testing.assert_array_equal(data["arr_0"], images)
+        np.testing.assert_array_equal(data["arr_1"], np.arange(11))
+    short = NpzWriter(str(tmp_path / "short.npz"), "arr_0", images.shape)
+    short.write(images[:5])
+    with pytest.raises(ValueError, match="got 5 of 11 rows"):
+        short.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deflated.npz", "out.npz", "stored.npz"]
+
+    np.savez(tmp_path / "floats.npz", arr_0=images.astype(np.float32))
+    with pytest.raises(ValueError, match="must be uint8"):
+        open_images(str(tmp_path / "floats.npz"))
+    np.savez(tmp_path / "partial.npz", arr_0=images, mu=np.zeros(3))
+    with pytest.raises(ValueError, match="has only"):
+        open_images(str(tmp_path / "partial.npz"))
+
+
+def test_memory_benchmark_runs_and_agrees(tmp_path):
+    out = tmp_path / "memory.json"
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "benchmark_evaluate_memory.py")
+    run = subprocess.run(
+        [sys.executable, script, "--counts", "40", "70", "--side", "8", "--threads", "1", "--output_json", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["images"] for row in result["rows"]] == [40, 70]
+    for row in result["rows"]:
+        assert row["largest_metric_difference"] < 1e-6 and row["streamed"]["peak_rss_mb"] > 0
+    assert "peak RSS at 70 images" in run.stdout

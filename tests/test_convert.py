@@ -201,3 +201,65 @@ def test_vae_option_assembles_a_complete_pipeline(tmp_path):
     )
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "x").exists()
+
+
+# --- from_single_file ----------------------------------------------------------------------------------------------
+
+
+def official_outputs(ckpt, which, x, t, y):
+    reference = OfficialMPDiT()
+    reference.load_state_dict(strip_prefixes(torch.load(ckpt, weights_only=False)[which]))
+    with torch.no_grad():
+        return reference.eval()(x, t, y)
+
+
+def test_from_single_file_loads_an_official_checkpoint(tmp_path):
+    ckpt = official_checkpoint(tmp_path / "official.pt", compiled=True)
+    x, t, y = torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([3, 10])
+    for which in ("ema", "model"):
+        kwargs = {} if which == "ema" else {"weights": "model"}
+        model = MPDiTTransformer2DModel.from_single_file(ckpt, num_attention_heads=4, **kwargs)
+        assert not model.training and model.config.patch_sizes == [4, 2]
+        with torch.no_grad():
+            out = model(x, t, y).sample
+        torch.testing.assert_close(out, official_outputs(ckpt, which, x, t, y), rtol=0, atol=2e-6)
+    assert MPDiTTransformer2DModel.from_single_file(ckpt, num_attention_heads=4, dtype=torch.bfloat16).dtype == (
+        torch.bfloat16
+    )
+    # A bare safetensors state dict in the official layout loads the same way.
+    from safetensors.torch import save_file
+
+    save_file(strip_prefixes(torch.load(ckpt, weights_only=False)["ema"]), tmp_path / "official.safetensors")
+    model = MPDiTTransformer2DModel.from_single_file(tmp_path / "official.safetensors", num_attention_heads=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, official_outputs(ckpt, "ema", x, t, y), rtol=0, atol=2e-6)
+
+
+def test_from_single_file_downloads_a_hub_file(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    ckpt = official_checkpoint(tmp_path / "official.pt", seed=3)
+    api = HfApi(token="hf_alice_write")
+    api.create_repo("alice/mpdit-official")
+    api.upload_file(path_or_fileobj=str(ckpt), path_in_repo="checkpoints/0400000.pt", repo_id="alice/mpdit-official")
+    model = MPDiTTransformer2DModel.from_single_file(
+        "https://huggingface.co/alice/mpdit-official/blob/main/checkpoints/0400000.pt",
+        num_attention_heads=4,
+        cache_dir=tmp_path / "cache",
+    )
+    x, t, y = torch.randn(1, 4, 32, 32), torch.rand(1), torch.tensor([5])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y).sample, official_outputs(ckpt, "ema", x, t, y), rtol=0, atol=2e-6)
+    assert any(path.endswith("/resolve/main/checkpoints/0400000.pt") for _, path in hub.requests)
+
+
+@pytest.mark.parametrize(
+    "link, error, match",
+    [
+        ("no/such/file.pt", ValueError, "neither a file nor a Hub file URL"),
+        ("https://huggingface.co/alice", ValueError, "names no file"),
+    ],
+)
+def test_from_single_file_bad_references(link, error, match):
+    with pytest.raises(error, match=match):
+        MPDiTTransformer2DModel.from_single_file(link)

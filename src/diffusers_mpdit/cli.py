@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=50, help="images per forward pass (default 50)")
     evaluate.add_argument("--device", default=None, help="torch device (default: the accelerator if any, else cpu)")
     evaluate.add_argument("--save-reference", metavar="NPZ", help="also write the reference as an ADM batch")
+    evaluate.add_argument(
+        "--workdir", help="where pool features wait for precision and recall, 8 KB an image (default: system temp)"
+    )
     evaluate.add_argument("-o", "--output", help="write the metrics and the weights used as JSON")
     return parser
 
@@ -229,13 +232,8 @@ def labelled_grid(images: list, row_names: list[str], columns: int):
 def evaluate(args) -> int:
     import json
 
-    from .evaluation.adm import (
-        inception_activations,
-        load_images,
-        metrics_from_activations,
-        reference_statistics,
-        save_npz,
-    )
+    from .evaluation.adm import evaluate as adm_evaluate
+    from .evaluation.batches import open_images
     from .evaluation.inception import InceptionV3Features
 
     for option, path in (("--output", args.output), ("--save-reference", args.save_reference)):
@@ -243,32 +241,30 @@ def evaluate(args) -> int:
             raise CommandError(f"{option} {path!r}: its folder does not exist")
     if args.save_reference and not args.save_reference.endswith(".npz"):
         raise CommandError(f"--save-reference {args.save_reference!r}: must end in .npz")
+    if args.workdir and not os.path.isdir(args.workdir):
+        raise CommandError(f"--workdir {args.workdir!r}: no such folder")
     try:
         extractor = InceptionV3Features.from_pretrained(
             args.inception, args.inception_softmax, args.device or default_device()
         )
-        batches = {}
-        for name in ("samples", "reference"):
-            batches[name] = load_images(getattr(args, name), args.resolution)
+        samples = open_images(args.samples, args.resolution)
+        reference = open_images(args.reference, args.resolution)
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(one_line(error)) from None
     except RuntimeError as error:
         raise CommandError(f"--device {args.device!r}: {one_line(error)}") from None
-    activations = {
-        name: inception_activations(extractor, batch.images, args.batch_size, f"Inception ({name})")
-        for name, batch in batches.items()
-    }
     try:
-        metrics = metrics_from_activations(
-            activations["samples"], activations["reference"], batches["reference"].statistics
+        metrics = adm_evaluate(
+            extractor,
+            samples,
+            reference,
+            args.batch_size,
+            save_reference=args.save_reference,
+            progress=True,
+            workdir=args.workdir,
         )
     except ValueError as error:
         raise CommandError(one_line(error)) from None
-    if args.save_reference:
-        save_npz(
-            args.save_reference,
-            {"arr_0": batches["reference"].images} | reference_statistics(activations["reference"]),
-        )
     metrics |= {"samples": args.samples, "reference": args.reference, "weights": extractor.weights}
     if args.output:
         with atomic_path(args.output) as tmp, open(tmp, "w") as f:

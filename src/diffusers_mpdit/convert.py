@@ -286,16 +286,20 @@ def diffusers_to_official(
 def load_official_state_dict(checkpoint: str | os.PathLike, weights: str = "ema") -> dict[str, torch.Tensor]:
     """Loads the `weights` entry of an official `.pt` checkpoint safely (`weights_only=True`).
 
-    A bare state dict (a file holding only tensors) is accepted too.
+    A bare state dict (a `.pt` holding only tensors, or a `.safetensors` file) is accepted too.
 
     Args:
-        checkpoint (`str` or `os.PathLike`): Path of the `.pt` file.
+        checkpoint (`str` or `os.PathLike`): Path of the `.pt` or `.safetensors` file.
         weights (`str`, defaults to `"ema"`): `"ema"` (for sampling) or `"model"` (the raw training weights).
     """
     if weights not in WEIGHTS_CHOICES:
         raise ValueError(f"`weights` must be one of {WEIGHTS_CHOICES}, got {weights!r}.")
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"`checkpoint` {str(checkpoint)!r} is not a file.")
+    if str(checkpoint).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(checkpoint)
     # The official "args" entry is an argparse.Namespace: allow that one class, and nothing else, to be unpickled.
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(checkpoint, map_location="cpu", weights_only=True)

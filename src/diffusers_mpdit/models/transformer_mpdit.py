@@ -23,6 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
+from ..loaders.single_file import FromOfficialCheckpointMixin
 from .attention_mpdit import MPDiTAttention
 from .embeddings import (
     ClassTokenEmbedding,
@@ -160,7 +161,7 @@ def _patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
     )
 
 
-class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
+class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOfficialCheckpointMixin):
     """MPDiT, a class-conditional flow-matching transformer that runs on a hierarchy of patch sizes.
 
     The hierarchy is a list of levels, coarse to fine: level `i` runs `depths[i]` blocks on a grid of

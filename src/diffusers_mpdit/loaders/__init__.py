@@ -1,0 +1,3 @@
+from .single_file import FromOfficialCheckpointMixin
+
+__all__ = ["FromOfficialCheckpointMixin"]
