@@ -123,6 +123,7 @@ def test_unconditional_model_has_no_class_tokens():
         ({"patch_sizes": (2,), "depths": (3,)}, 4, 4),  # isotropic: one level
         ({"patch_sizes": (4, 1), "depths": (1, 1)}, 4, 4),
         ({"mlp_ratio": 2.0}, 4, 4),
+        ({"modulation": "per_block"}, 4, 4),
     ],
 )
 def test_options(overrides, in_channels, out_channels):
@@ -172,8 +173,55 @@ def test_bad_input_names_the_argument(tiny_model, call, match):
         ({"num_class_tokens": 0}, "`num_class_tokens` must be >= 1"),
         ({"attention_head_dim": 3, "num_attention_heads": 2}, "must be divisible by 4"),
         ({"fno_modes": 9, "fno_grid_size": 8}, "`fno_modes` must be at most"),
+        ({"modulation": "adaln"}, "`modulation` must be one of"),
     ],
 )
 def test_bad_config_names_the_argument(overrides, match):
     with pytest.raises(ValueError, match=match):
         MPDiTTransformer2DModel.from_preset("MPDiT-tiny", **overrides)
+
+
+def test_per_block_modulation_is_dits_adaln_in_every_block():
+    torch.manual_seed(0)
+    shared = MPDiTTransformer2DModel.from_preset("MPDiT-tiny").eval()
+    with torch.no_grad():
+        for p in shared.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    per_block = MPDiTTransformer2DModel.from_preset("MPDiT-tiny", modulation="per_block").eval()
+    # Fresh: every block's adaLN and the final layer's start at zero (adaLN-Zero), and there is no shared one.
+    assert per_block.shared_modulation is None
+    names = {n for n, _ in per_block.named_parameters()}
+    assert {"transformer_blocks.0.modulation.1.weight", "final_layer.modulation.1.weight"} <= names
+    assert all(b.modulation[1].weight.abs().sum() == 0 for b in per_block.transformer_blocks)
+    depth, dim = sum(per_block.config.depths), per_block.hidden_size
+    extra = depth * (6 * dim * dim + 6 * dim) + (2 * dim * dim + 2 * dim) - (6 * dim * dim + 6 * dim)
+    assert per_block.num_parameters() == shared.num_parameters() + extra
+
+    # Given the shared weights in every block, and rows 3D..5D (shift_mlp, scale_mlp) in the final layer, it is the
+    # shared model.
+    state = {k: v for k, v in shared.state_dict().items() if not k.startswith("shared_modulation")}
+    weight, bias = shared.shared_modulation[1].weight, shared.shared_modulation[1].bias
+    for i in range(depth):
+        state[f"transformer_blocks.{i}.modulation.1.weight"], state[f"transformer_blocks.{i}.modulation.1.bias"] = (
+            weight,
+            bias,
+        )
+    state["final_layer.modulation.1.weight"], state["final_layer.modulation.1.bias"] = (
+        weight[3 * dim : 5 * dim],
+        bias[3 * dim : 5 * dim],
+    )
+    per_block.load_state_dict(state, strict=True)
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(per_block(**inputs).sample, shared(**inputs).sample, rtol=1e-5, atol=1e-6)
+        # Its own weights, not the shared copy: perturbing one block's adaLN changes the output.
+        per_block.transformer_blocks[1].modulation[1].bias.add_(0.5)
+        assert (per_block(**inputs).sample - shared(**inputs).sample).abs().max() > 1e-3
+
+
+def test_per_block_models_have_no_official_layout():
+    from diffusers_mpdit.convert import ConversionError, diffusers_to_official
+
+    model = MPDiTTransformer2DModel.from_preset("MPDiT-tiny", modulation="per_block")
+    with pytest.raises(ConversionError, match="one shared modulation"):
+        diffusers_to_official(model.state_dict(), model.config)

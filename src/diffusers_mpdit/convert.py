@@ -68,6 +68,8 @@ class ConversionError(ValueError):
 
 def _module_map(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(official module prefix, our module prefix) pairs for everything but the fused qkv and the position tables."""
+    if config.get("modulation", "shared") != "shared":
+        raise ConversionError("The official layout has one shared modulation; a per_block model has no official form.")
     levels = len(config["patch_sizes"])
     if levels not in _LEVEL_NAMES:
         raise ConversionError(f"The official layout has 2 or 3 levels; this config has {levels} (`patch_sizes`).")

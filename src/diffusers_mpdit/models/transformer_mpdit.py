@@ -34,6 +34,7 @@ from .embeddings import (
 from .presets import get_preset
 
 TIME_EMBEDDING_TYPES = ("fno", "mlp")
+MODULATION_TYPES = ("shared", "per_block")
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -44,25 +45,36 @@ def _modulate(hidden_states: torch.Tensor, shift: torch.Tensor, scale: torch.Ten
     return hidden_states * (1 + scale) + shift
 
 
+def _own_modulation(dim: int, chunks: int) -> nn.Sequential:
+    return nn.Sequential(nn.SiLU(), nn.Linear(dim, chunks * dim))
+
+
 @maybe_allow_in_graph
 class MPDiTBlock(nn.Module):
-    """A transformer block that owns no modulation weights: shift, scale and gate come from the shared modulation.
+    """A transformer block whose shift, scale and gate come from the shared modulation: it owns no modulation weights.
 
     Args:
         dim (`int`): Token width.
         num_attention_heads (`int`): Attention heads.
         mlp_ratio (`float`, defaults to 4.0): Hidden width of the MLP relative to `dim`.
+        own_modulation (`bool`, defaults to `False`): Give the block DiT's adaLN of its own instead (the per-block
+            ablation of the shared modulation).
     """
 
-    def __init__(self, dim: int, num_attention_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_attention_heads: int, mlp_ratio: float = 4.0, own_modulation: bool = False):
         super().__init__()
         self.norm1 = _layer_norm(dim)
         self.attn = MPDiTAttention(dim, num_attention_heads)
         self.norm2 = _layer_norm(dim)
         self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), activation_fn="gelu-approximate")
+        self.modulation = _own_modulation(dim, 6) if own_modulation else None
 
-    def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unbind(1)
+    def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """`conditioning`: the shared modulation `(B, 6, 1, D)`, or the time embedding `(B, D)` for a block that owns
+        its modulation."""
+        if self.modulation is not None:
+            conditioning = self.modulation(conditioning).unflatten(-1, (6, 1, hidden_states.shape[-1]))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = conditioning.unbind(1)
         hidden_states = hidden_states + gate_msa * self.attn(
             _modulate(self.norm1(hidden_states), shift_msa, scale_msa)
         )
@@ -120,15 +132,23 @@ class MPDiTFinalLayer(nn.Module):
         dim (`int`): Token width.
         patch_size (`int`): The finest patch size.
         out_channels (`int`): Output channels.
+        own_modulation (`bool`, defaults to `False`): A shift and scale of its own from the time embedding, as DiT's
+            final layer has (the per-block ablation).
     """
 
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
+    def __init__(self, dim: int, patch_size: int, out_channels: int, own_modulation: bool = False):
         super().__init__()
         self.norm = _layer_norm(dim)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.modulation = _own_modulation(dim, 2) if own_modulation else None
 
-    def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        return self.linear(_modulate(self.norm(hidden_states), modulation[:, 3], modulation[:, 4]))
+    def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """`conditioning`: the shared modulation `(B, 6, 1, D)`, or the time embedding `(B, D)`."""
+        if self.modulation is not None:
+            shift, scale = self.modulation(conditioning).unflatten(-1, (2, 1, hidden_states.shape[-1])).unbind(1)
+        else:
+            shift, scale = conditioning[:, 3], conditioning[:, 4]
+        return self.linear(_modulate(self.norm(hidden_states), shift, scale))
 
 
 def shuffle_tokens(tokens: torch.Tensor, height: int, width: int, factor: int) -> torch.Tensor:
@@ -188,6 +208,9 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
         fno_modes (`int`, defaults to 16): Frequencies kept by each FNO layer.
         fno_grid_size (`int`, defaults to 32): Points of the FNO's input signal.
         skip_connections (`bool`, defaults to `True`): Add a patch embedding of the input at every finer level.
+        modulation (`str`, defaults to `"shared"`): `"shared"`, the paper's one adaLN modulation for all blocks, or
+            `"per_block"`, DiT's adaLN-Zero in every block and the final layer (for ablations; official checkpoints
+            are shared).
     """
 
     _supports_gradient_checkpointing = True
@@ -213,11 +236,12 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
         fno_modes: int = 16,
         fno_grid_size: int = 32,
         skip_connections: bool = True,
+        modulation: str = "shared",
     ):
         super().__init__()
         _validate_config(
             patch_sizes, depths, num_attention_heads * attention_head_dim, num_classes, num_class_tokens,
-            time_embedding_type,
+            time_embedding_type, modulation,
         )  # fmt: skip
         dim = num_attention_heads * attention_head_dim
         out_channels = out_channels or in_channels
@@ -230,11 +254,12 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
             self.time_embed = MLPTimestepEmbedding(dim)
         self.class_embed = ClassTokenEmbedding(num_classes, num_class_tokens, dim) if num_classes > 0 else None
         # The paper's "shared AdaIN": one modulation for every block of every level and for the final layer.
-        self.shared_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        per_block = modulation == "per_block"
+        self.shared_modulation = None if per_block else _own_modulation(dim, 6)
 
         # Blocks of all levels sit in one flat list, so block-level group offloading and `device_map` see each block.
         self.transformer_blocks = nn.ModuleList(
-            [MPDiTBlock(dim, num_attention_heads, mlp_ratio) for _ in range(sum(depths))]
+            [MPDiTBlock(dim, num_attention_heads, mlp_ratio, per_block) for _ in range(sum(depths))]
         )
         self.upsamplers = nn.ModuleList(
             [MPDiTUpsampler(dim, coarse // fine) for coarse, fine in zip(patch_sizes[:-1], patch_sizes[1:])]
@@ -242,7 +267,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
         self.skip_embeds = nn.ModuleList(
             [MPDiTSkipEmbedding(in_channels, dim, p) for p in patch_sizes[1:]] if skip_connections else []
         )
-        self.final_layer = MPDiTFinalLayer(dim, patch_sizes[-1], out_channels)
+        self.final_layer = MPDiTFinalLayer(dim, patch_sizes[-1], out_channels, per_block)
 
         self._pos_embed_cache: dict[tuple, torch.Tensor] = {}
         self.initialize_weights()
@@ -260,7 +285,8 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
 
     def initialize_weights(self) -> None:
         """The official initialisation: Xavier-uniform Linears and patch convs with zero biases, N(0, 0.02) class
-        table and MLP time embedding, zero shared modulation and final Linear, standard-normal spectral weights."""
+        table and MLP time embedding, zero shared modulation (or per-block ones) and final Linear, standard-normal
+        spectral weights."""
 
         def basic_init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
@@ -289,7 +315,10 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
             for spectral in self.time_embed.spectral_convs:
                 nn.init.normal_(spectral.weight_real)
                 nn.init.normal_(spectral.weight_imag)
-        for linear in (self.shared_modulation[1], self.final_layer.linear):
+        modulations = [self.shared_modulation, self.final_layer.modulation]
+        modulations += [block.modulation for block in self.transformer_blocks]
+        zeroed = [m[1] for m in modulations if m is not None] + [self.final_layer.linear]
+        for linear in zeroed:
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
@@ -345,7 +374,11 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
 
         # Embed: time -> shared modulation; coarsest patches + positions; class tokens in front.
         temb = self.time_embed(timestep)
-        modulation = self.shared_modulation(temb).unflatten(-1, (6, 1, dim))  # (B, 6, 1, D)
+        if self.shared_modulation is not None:
+            conditioning = self.shared_modulation(temb).unflatten(-1, (6, 1, dim))  # (B, 6, 1, D)
+        else:
+            conditioning = temb  # each block and the final layer modulate themselves
+
         hidden_states = self.patch_embed(sample)
         grid_h, grid_w = height // self.config.patch_sizes[0], width // self.config.patch_sizes[0]
         hidden_states = hidden_states + self._pos_embed(grid_h, grid_w, hidden_states.device, hidden_states.dtype)
@@ -367,12 +400,12 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
                 hidden_states = torch.cat([prefix, spatial], dim=1)
             for block in blocks:
                 if torch.is_grad_enabled() and self.gradient_checkpointing:
-                    hidden_states = self._gradient_checkpointing_func(block, hidden_states, modulation)
+                    hidden_states = self._gradient_checkpointing_func(block, hidden_states, conditioning)
                 else:
-                    hidden_states = block(hidden_states, modulation)
+                    hidden_states = block(hidden_states, conditioning)
 
         # Output: final layer on image tokens, then unpatchify (token (h, w) channels read as (p, q, c)).
-        hidden_states = self.final_layer(hidden_states[:, num_prefix_tokens:], modulation)
+        hidden_states = self.final_layer(hidden_states[:, num_prefix_tokens:], conditioning)
         output = unpatchify(hidden_states, grid_h, grid_w, self.config.patch_sizes[-1])
 
         if not return_dict:
@@ -431,7 +464,13 @@ def _expand_to_batch(values: torch.Tensor, batch_size: int, name: str) -> torch.
 
 
 def _validate_config(
-    patch_sizes, depths, hidden_size: int, num_classes: int, num_class_tokens: int, time_embedding_type: str
+    patch_sizes,
+    depths,
+    hidden_size: int,
+    num_classes: int,
+    num_class_tokens: int,
+    time_embedding_type: str,
+    modulation: str = "shared",
 ) -> None:
     if len(patch_sizes) == 0 or len(patch_sizes) != len(depths):
         raise ValueError(
@@ -450,6 +489,8 @@ def _validate_config(
             f"The hidden size (num_attention_heads * attention_head_dim = {hidden_size}) must be divisible by 4 "
             "for the 2-D sin-cos position table."
         )
+    if modulation not in MODULATION_TYPES:
+        raise ValueError(f"`modulation` must be one of {MODULATION_TYPES}, got {modulation!r}.")
     if time_embedding_type not in TIME_EMBEDDING_TYPES:
         raise ValueError(f"`time_embedding_type` must be one of {TIME_EMBEDDING_TYPES}, got {time_embedding_type!r}.")
     if num_classes < 0:
