@@ -150,31 +150,29 @@ def test_quality_benchmark_runs_on_a_few_samples(tmp_path):
     assert "guidance_interval=(0.1, 0.6)" in text
 
 
-def test_claim_benchmark_trains_both_models_for_the_same_time_and_plots(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "claim"
+def test_ablation_benchmark_runs_two_configurations_and_two_seeds_end_to_end(tmp_path):
+    data, out, results = tmp_path / "data", tmp_path / "runs", tmp_path / "results"
     data.mkdir()
+    results.mkdir()
     write_fake_fashion(data, per_class=2)
     run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "benchmark_claim.py"),
-            "--data",
-            str(data),
-            "--output_dir",
-            str(out),
-        ]
-        + ["--minutes", "0.02", "--batch_size", "4", "--checkpointing_steps", "1", "--points", "2"]
-        + ["--num_samples", "10", "--steps", "1", "--classifier_epochs", "1"],
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark_ablation.py"), "--data", str(data)]
+        + ["--output_dir", str(out), "--results_dir", str(results), "--configs", "mpdit", "isotropic"]
+        + ["--seeds", "0", "1", "--width", "32", "--steps", "4", "--batch_size", "4", "--points", "2"]
+        + ["--num_samples", "10", "--sampling_steps", "1", "--classifier_epochs", "1"],
         capture_output=True,
         text=True,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    result = json.loads((out / "claim.json").read_text())
-    assert len(result["results"]) == 2
-    for name, rows in zip(["mpdit", "isotropic"], result["results"].values()):
-        # Every step is checkpointed; how many steps fit in the budget depends on the machine's load.
-        saved = len(list((out / name).glob("checkpoint-*")))
-        assert len(rows) == min(2, saved) >= 1
-        minutes = [row["minutes"] for row in rows]
-        assert minutes == sorted(minutes) and minutes[-1] >= 0.02
-    assert (out / "claim.png").stat().st_size > 10_000
+    result = json.loads((results / "benchmark_ablation.json").read_text())
+    assert set(result["summary"]) == {"mpdit", "isotropic"}
+    for name, curve in result["summary"].items():
+        assert [point["step"] for point in curve] == [2, 4] and all(point["seeds"] == 2 for point in curve)
+        # The mean over seeds is the mean of the runs' own figures.
+        own = [r["FD"] for r in result["runs"] if r["config"] == name and r["step"] == 4]
+        assert curve[-1]["FD"]["mean"] == pytest.approx(np.mean(own)) and len(own) == 2
+        assert curve[-1]["FD"]["std"] == pytest.approx(np.std(own, ddof=1))
+    # Every run sampled the same images' noise: the same sampling seed in each judged checkpoint.
+    assert {r["num_samples"] for r in result["runs"]} == {10}
+    assert result["claims"]["isotropic"]["equal steps"]["FD"]["verdict"] in ("supports", "contradicts", "cannot tell")
+    assert (results / "benchmark_ablation.png").stat().st_size > 10_000

@@ -94,8 +94,40 @@ class ClassifierScorer:
 
     def __init__(self, classifier: SmallImageClassifier, train: LabelledImages, test: LabelledImages):
         self.classifier, self.train, self.test = classifier.eval(), train, test
-        self.test_features = self.features(test.images)
-        self.test_stats = feature_statistics(self.test_features)
+        self.names = list(train.names)
+        self.test_stats = feature_statistics(self.features(test.images))
+
+    def save(self, path: str) -> None:
+        """Writes what scoring generated images needs (the classifier, the class names, the test split's feature
+        statistics), so that other processes can judge with the same classifier."""
+        from ..atomic import atomic_path
+
+        classifier = self.classifier
+        state = {
+            "classifier": classifier.state_dict(),
+            "shape": (classifier.body[0].in_channels, classifier.head.out_features, classifier.head.in_features),
+            "names": self.names,
+            "test_stats": [torch.from_numpy(s) for s in self.test_stats],
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    @classmethod
+    def load(cls, path: str) -> ClassifierScorer:
+        """A scorer written by `save`: `score_images` and `score_pipeline` work; `reference` needs the real splits.
+
+        Args:
+            path (`str`): The file.
+        """
+        state = torch.load(path, weights_only=True)
+        in_channels, num_classes, feature_dim = state["shape"]
+        classifier = SmallImageClassifier(in_channels, num_classes, feature_dim)
+        classifier.load_state_dict(state["classifier"])
+        scorer = cls.__new__(cls)
+        scorer.classifier, scorer.train, scorer.test = classifier.eval(), None, None
+        scorer.names = list(state["names"])
+        scorer.test_stats = tuple(s.numpy() for s in state["test_stats"])
+        return scorer
 
     @classmethod
     def fit(
@@ -167,6 +199,8 @@ class ClassifierScorer:
                 `FD_train_test_half_mirrored`: the set a model trained with random flips learns to make, so the
                 lowest distance it can reach where orientation matters (Fashion-MNIST's shoes point left).
         """
+        if self.train is None:
+            raise ValueError("this scorer was loaded without the real splits: build it with `fit` for a reference")
         accuracy = (self.predict(self.test.images) == self.test.labels).float().mean().item()
         images = self.train.images[balanced_indices(self.train.labels, num_samples, seed)]
         distance = frechet_distance(*feature_statistics(self.features(images)), *self.test_stats)
@@ -196,7 +230,7 @@ class ClassifierScorer:
         real test split, for images in [-1, 1]."""
         predicted = self.predict(images)
         correct = (predicted == labels).float()
-        per_class = {name: correct[labels == c].mean().item() for c, name in enumerate(self.train.names)}
+        per_class = {name: correct[labels == c].mean().item() for c, name in enumerate(self.names)}
         distance = frechet_distance(*feature_statistics(self.features(images)), *self.test_stats)
         return {"A_gen": correct.mean().item(), "FD": distance, "per_class": per_class, "num_samples": len(labels)}
 
@@ -212,7 +246,7 @@ class ClassifierScorer:
                 the scheduler (`sampling.make_scheduler`).
             batch_size (`int`): Images per pipeline call.
         """
-        labels = torch.arange(num_samples) % len(self.train.names)
+        labels = torch.arange(num_samples) % len(self.names)
         call = sampling.call_kwargs(pipeline)
         pipeline.set_progress_bar_config(disable=True)
         images = []
