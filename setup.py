@@ -7,19 +7,21 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
+    license_files=["LICENSE"],
+    # The model-card templates live at the top level (hub_cards/) and install as diffusers_mpdit.hub_cards.
+    package_dir={"": "src", "diffusers_mpdit.hub_cards": "hub_cards"},
+    packages=[*find_packages("src"), "diffusers_mpdit.hub_cards"],
     package_data={
         "diffusers_mpdit": [
             "data/*.json",
-            "hub_cards/*.md",
             "bundled/*/*.json",
             "bundled/*/*.md",
             "bundled/*/*.sh",
             "bundled/*/*/*.json",
             "bundled/*/*/*.safetensors",
             "bundled/*/*/*.png",
-        ]
+        ],
+        "diffusers_mpdit.hub_cards": ["*.md"],
     },
     python_requires=">=3.10",
     # torch is a requirement, but install it first yourself: a bare `torch` from PyPI is a multi-GB CUDA build.
@@ -31,16 +33,27 @@ setup(
         "huggingface_hub>=0.34",
         "numpy>=1.24",
         "Pillow>=9.0",
+        "jinja2>=3.1",
+        "tqdm>=4.60",
     ],
     extras_require={
-        "train": ["datasets>=3.0", "tensorboard>=2.14", "tqdm>=4.60"],
+        "train": ["datasets>=3.0", "tensorboard>=2.14"],
         "demo": ["gradio>=5.0"],
         "xformers": ["xformers>=0.0.28"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10", "PyYAML>=6.0", "playwright>=1.40", "matplotlib>=3.7"],
+        "dev": [
+            "pytest>=8.0",
+            "ruff>=0.6",
+            "scipy>=1.10",
+            "PyYAML>=6.0",
+            "playwright>=1.40",
+            "matplotlib>=3.7",
+            "gradio_client>=1.0",
+        ],
     },
     entry_points={"console_scripts": ["mpdit = diffusers_mpdit.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

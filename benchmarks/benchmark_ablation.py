@@ -16,9 +16,11 @@ tokens, one shared modulation) with one thing changed:
 
 Each runs `examples/train_mpdit.py` with the bundled model's data and recipe (32x32 grey, pixel space, no flips,
 AdamW 1e-3, logit-normal flow times, class dropout 0.1), for `--steps` steps of `--batch_size` images and every
-`--seeds` seed, `--parallel` runs at a time with one CPU thread each, so all runs share the machine's conditions.
-The isotropic twin runs the same steps; comparing at the reference's training time gives the equal-wall-clock
-comparison. The project's classifier judge (trained once on the real training split) then scores each run's
+`--seeds` seed, `--parallel` runs at a time with one CPU thread each. The isotropic twin runs the same steps.
+Training time is steps times each configuration's step time, measured side by side on one thread (the models take
+turns, 10 steps each after a warm-up) before judging: the runs' own clocks depend on what else shared the machine
+while they ran, and are kept in the JSON as `train_seconds`. Comparing the twin at the reference's training time
+gives the equal-wall-clock comparison. The project's classifier judge (trained once on the real training split) then scores each run's
 `--points` checkpoints (EMA weights) on the same `--num_samples` class-balanced samples per checkpoint (Euler,
 `--sampling_steps`, guidance 1.5 at every step, image i from seed `--sampling_seed` + i): A_gen and the Frechet
 distance to the real test split in the classifier's feature space, against the real-vs-real yardstick.
@@ -119,6 +121,41 @@ def checkpoints(run: Path) -> list[tuple[int, float, Path]]:
     return sorted(found)
 
 
+def step_seconds(args, names: list[str], repeats: int = 10) -> dict[str, dict]:
+    """Seconds per training step (flow-matching loss, backward, AdamW, EMA) of each configuration on one thread,
+    the models taking turns so that they share the machine's conditions."""
+    from diffusers.training_utils import EMAModel
+    from timing import spread, time_alternating
+
+    from diffusers_mpdit import MPDiTTransformer2DModel
+    from diffusers_mpdit.training import flow_matching_loss, sample_flow_times
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    steps = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = MPDiTTransformer2DModel.from_preset(
+            "MPDiT-tiny", sample_size=32, in_channels=1, num_classes=10, **model_config(name, args.width)
+        ).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+        ema = EMAModel(model.parameters(), decay=args.ema_decay, min_decay=args.ema_decay)
+        data = torch.randn(args.batch_size, 1, 32, 32)
+        labels = torch.randint(0, 11, (args.batch_size,))
+
+        def step(model=model, optimizer=optimizer, ema=ema, data=data, labels=labels):
+            loss = flow_matching_loss(model, data, torch.randn_like(data), sample_flow_times(len(data)), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(model.parameters())
+
+        steps[name] = step
+    times = time_alternating(steps, repeats)
+    torch.set_num_threads(threads)
+    return {name: spread(ts) for name, ts in times.items()}
+
+
 def judge_one(args_json: str) -> None:
     """Child process: scores one checkpoint with the saved judge and writes its JSON."""
     from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
@@ -172,7 +209,7 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
         for i in range(points):
             at = [r[i] for r in runs]
             entry = {"step": at[0]["step"], "seeds": len(at)}
-            for key in ("A_gen", "FD", "train_seconds"):
+            for key in ("A_gen", "FD", "train_seconds", "time_seconds"):
                 values = np.array([row[key] for row in at], dtype=float)
                 entry[key] = {
                     "mean": float(values.mean()),
@@ -184,7 +221,7 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
 
 def at_time(curve: list[dict], seconds: float, key: str) -> tuple[float, float] | None:
     """Linear interpolation of a metric's mean and std at a training time inside the curve, else None."""
-    times = [point["train_seconds"]["mean"] for point in curve]
+    times = [point["time_seconds"]["mean"] for point in curve]
     if not times or seconds < times[0] or seconds > times[-1]:
         return None
     mean = float(np.interp(seconds, times, [point[key]["mean"] for point in curve]))
@@ -203,7 +240,7 @@ def verdicts(summary: dict, seeds: int) -> dict:
             continue
         comparisons = {"equal steps": summary[name][-1]}
         if name == "isotropic":
-            seconds = reference["train_seconds"]["mean"]
+            seconds = reference["time_seconds"]["mean"]
             fd, acc = at_time(summary[name], seconds, "FD"), at_time(summary[name], seconds, "A_gen")
             if fd and acc:
                 comparisons["equal training time"] = {
@@ -234,7 +271,7 @@ def plot(summary: dict, reference: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
     for name, curve in summary.items():
         steps = [p["step"] for p in curve]
-        minutes = [p["train_seconds"]["mean"] / 60 for p in curve]
+        minutes = [p["time_seconds"]["mean"] / 60 for p in curve]
         for row, key in enumerate(("A_gen", "FD")):
             mean = np.array([p[key]["mean"] for p in curve])
             std = np.array([p[key]["std"] for p in curve])
@@ -314,11 +351,18 @@ def main(argv: list[str] | None = None) -> dict:
     scorer.save(str(judge))
     print(f"judge: A_real {reference['A_real']:.4f}, real train vs test FD {reference['FD_train_test']:.3f}")
     rows = judge_all(args, runs, judge)
+    step_times = step_seconds(args, args.configs)
+    for row in rows:
+        row["time_seconds"] = row["step"] * step_times[row["config"]]["median"]
+    for name, spread_ in step_times.items():
+        print(
+            f"{name}: {spread_['median']:.3f} s per step on one thread (min {spread_['min']:.3f}, max {spread_['max']:.3f})"
+        )
     summary = summarise(rows, args.configs)
     claims = verdicts(summary, len(args.seeds))
     for name, curve in summary.items():
         last = curve[-1]
-        print(f"{name:16s} step {last['step']:5d} ({last['train_seconds']['mean'] / 60:5.1f} min): "
+        print(f"{name:16s} step {last['step']:5d} ({last['time_seconds']['mean'] / 60:5.1f} min): "
               f"A_gen {last['A_gen']['mean']:.3f} +- {last['A_gen']['std']:.3f}, "
               f"FD {last['FD']['mean']:.2f} +- {last['FD']['std']:.2f}")  # fmt: skip
     for claim in claims.values():
@@ -331,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference": reference,
         "summary": summary,
         "claims": claims,
+        "step_seconds": step_times,
         "runs": rows,
         "minutes": {"training": training_minutes, "total": (time.perf_counter() - start) / 60},
         "args": vars(args),

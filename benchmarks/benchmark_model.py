@@ -3,17 +3,18 @@
     python benchmarks/benchmark_model.py                     # everything, CPU, fp32
     python benchmarks/benchmark_model.py --sections forward --device cuda --dtype bfloat16 --compile
 
-Every ratio is measured side by side in one run: the two models alternate, and the median of the repeats is used.
+Every ratio is measured side by side in one run: the two models alternate, the medians of the repeats are compared,
+and min, median and max are printed. Writes `benchmark_model.json` beside this script.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from diffusers import DiTTransformer2DModel
+from timing import describe, environment, spread, time_alternating, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_mpdit import MPDiTTransformer2DModel
@@ -59,23 +60,27 @@ def count_gmacs(model: torch.nn.Module, is_dit: bool) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def section_params() -> None:
+def section_params() -> dict:
     print("\n## Parameters (trainable, millions; the official code at 256 px)\n")
     print("| preset | ours | official | equal |\n| --- | --- | --- | --- |")
+    result = {}
     for name, official in OFFICIAL_TRAINABLE_M.items():
         with torch.device("meta"):
             model = MPDiTTransformer2DModel.from_preset(name)
         ours = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
         print(f"| {name} | {ours:.3f} | {official:.3f} | {'yes' if round(ours, 3) == official else 'NO'} |")
+        result[name] = {"millions": ours, "official": official}
+    return result
 
 
-def section_flops() -> None:
+def section_flops() -> dict:
     print("\n## Multiply-adds per 256-px image (GMACs, attention included)\n")
     print("| model | GMACs | official | difference | vs DiT |\n| --- | --- | --- | --- | --- |")
-    dit = {}
+    dit, result = {}, {}
     for name in DIT_CONFIGS:
         dit[name] = count_gmacs(build_dit(name).eval(), is_dit=True)
         print(f"| diffusers {name} | {dit[name]:.2f} | | | 1.000 |")
+        result[name] = {"gmacs": dit[name]}
     for name in ("MPDiT-B/4x", "MPDiT-XL/4x", "MPDiTv2-B", "MPDiTv2-XL"):
         torch.manual_seed(0)
         gmacs = count_gmacs(MPDiTTransformer2DModel.from_preset(name).eval(), is_dit=False)
@@ -83,42 +88,30 @@ def section_flops() -> None:
         diff = f"{100 * (gmacs - official) / official:+.2f}%" if official else ""
         baseline = "DiT-B/2" if name.endswith("B/4x") or name.endswith("-B") else "DiT-XL/2"
         print(f"| {name} | {gmacs:.2f} | {official or ''} | {diff} | {gmacs / dit[baseline]:.3f} x {baseline} |")
+        result[name] = {"gmacs": gmacs, "official": official, "ratio": gmacs / dit[baseline], "baseline": baseline}
+    return result
 
 
-def _timed(fn, sync) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
+def compare(label: str, fns: dict[str, callable], repeats: int, sync) -> dict:
+    times = time_alternating(fns, repeats, sync)
+    (a, ta), (b, tb) = times.items()
+    ratio = statistics.median(ta) / statistics.median(tb)
+    print(f"| {label} | {describe(ta)} | {describe(tb)} | {ratio:.3f} |")
+    return {"seconds": {name: spread(ts) for name, ts in times.items()}, "ratio": ratio}
 
 
-def compare(label: str, fns: dict[str, callable], repeats: int, sync) -> dict[str, float]:
-    for fn in fns.values():  # warm-up (and compilation)
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_timed(fn, sync))
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    (a, ta), (b, tb) = medians.items()
-    print(f"| {label} | {a}: {ta * 1000:.0f} ms | {b}: {tb * 1000:.0f} ms | {ta / tb:.3f} |")
-    return medians
-
-
-def section_forward(args, device, dtype, sync) -> None:
+def section_forward(args, device, dtype, sync) -> dict:
     print(f"\n## Forward pass, batch {args.batch_size}, {device.type}, {str(dtype)[6:]}, compile={args.compile}\n")
-    print("| comparison | MPDiT | DiT | ratio |\n| --- | --- | --- | --- |")
+    print("| comparison | MPDiT: median (min, max) | DiT: median (min, max) | ratio of medians |")
+    print("| --- | --- | --- | --- |")
     pairs = [("MPDiT-XL/4x", "DiT-XL/2")] + ([("MPDiT-B/4x", "DiT-B/2")] if args.also_b else [])
+    result = {}
     for mpdit_name, dit_name in pairs:
         models = {mpdit_name: MPDiTTransformer2DModel.from_preset(mpdit_name), dit_name: build_dit(dit_name)}
         fns = {name: _forward_fn(model, args, device, dtype) for name, model in models.items()}
-        medians = compare(f"{mpdit_name} / {dit_name}", fns, args.repeats, sync)
-        if device.type == "cuda":
-            for name, seconds in medians.items():
-                print(f"|   {name} throughput | {args.batch_size / seconds:.1f} images/s | | |")
+        result[f"{mpdit_name} / {dit_name}"] = compare(f"{mpdit_name} / {dit_name}", fns, args.repeats, sync)
         del models, fns
+    return result
 
 
 def _forward_fn(model, args, device, dtype):
@@ -142,9 +135,10 @@ def _forward_fn(model, args, device, dtype):
     return run
 
 
-def section_train(args, device, dtype, sync) -> None:
+def section_train(args, device, dtype, sync) -> dict:
     print(f"\n## Training step (forward + backward + AdamW), batch {args.train_batch_size}, {device.type}, fp32\n")
-    print("| comparison | MPDiT | DiT | ratio |\n| --- | --- | --- | --- |")
+    print("| comparison | MPDiT: median (min, max) | DiT: median (min, max) | ratio of medians |")
+    print("| --- | --- | --- | --- |")
     torch.manual_seed(0)
     mpdit = MPDiTTransformer2DModel.from_preset("MPDiT-B/4x").to(device).train()
     dit = build_dit("DiT-B/2").to(device).train()
@@ -165,7 +159,7 @@ def section_train(args, device, dtype, sync) -> None:
 
     opt_m = torch.optim.AdamW(mpdit.parameters(), lr=1e-4)
     opt_d = torch.optim.AdamW(dit.parameters(), lr=1e-4)
-    compare(
+    return compare(
         "MPDiT-B/4x / DiT-B/2",
         {
             "MPDiT-B/4x": step(mpdit, opt_m, lambda m: m(x, t, y).sample),
@@ -178,28 +172,38 @@ def section_train(args, device, dtype, sync) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="params,flops,forward,train")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--sections", default="params,flops,forward,train", help="comma-separated: params, flops, forward, train"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights' dtype (default float32)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (forward section)")
     parser.add_argument("--batch-size", type=int, default=2, help="forward batch")
-    parser.add_argument("--train-batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-batch-size", type=int, default=4, help="training-step batch (default 4)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions, after a warm-up (default 5)")
     parser.add_argument("--also-b", action="store_true", help="also time MPDiT-B/4x against DiT-B/2 in the forward")
+    parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     sections = args.sections.split(",")
+    result = {"args": vars(args), "environment": environment(args.device)}
     if "params" in sections:
-        section_params()
+        result["params"] = section_params()
     if "flops" in sections:
-        section_flops()
+        result["flops"] = section_flops()
     if "forward" in sections:
-        section_forward(args, device, dtype, sync)
+        result["forward"] = section_forward(args, device, dtype, sync)
     if "train" in sections:
-        section_train(args, device, dtype, sync)
+        result["train"] = section_train(args, device, dtype, sync)
+    write_result(__file__, result, args.output_json)
 
 
 if __name__ == "__main__":

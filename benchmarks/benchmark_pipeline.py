@@ -3,27 +3,29 @@
     python benchmarks/benchmark_pipeline.py [--preset MPDiT-B/4x] [--steps 4] [--batch-size 2] [--repeats 5]
 
 Same model, same steps, same classifier-free guidance (one batched forward of [cond; uncond]), latents out (no VAE
-decode on either side). The two alternate in one run; the median of the repeats is compared.
+decode on either side). The two alternate in one run; the medians are compared, and min, median and max printed.
+Writes `benchmark_pipeline.json` beside this script.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import describe, environment, spread, time_alternating, write_result
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="MPDiT-B/4x")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--guidance-scale", type=float, default=1.5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--preset", default="MPDiT-B/4x", help="model preset (default MPDiT-B/4x)")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps (default 4)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per call (default 2)")
+    parser.add_argument("--guidance-scale", type=float, default=1.5, help="CFG scale (default 1.5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions, after a warm-up (default 5)")
+    parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -57,20 +59,22 @@ def main() -> None:
         return x
 
     torch.testing.assert_close(run_pipeline(), run_bare_loop(), rtol=1e-4, atol=1e-4)  # the same computation
-    times = {"pipeline": [], "bare loop": []}
-    for _ in range(args.repeats):
-        for name, fn in (("pipeline", run_pipeline), ("bare loop", run_bare_loop)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    pipeline, bare = statistics.median(times["pipeline"]), statistics.median(times["bare loop"])
+    times = time_alternating({"pipeline": run_pipeline, "bare loop": run_bare_loop}, args.repeats, warmup=1)
+    ratio = statistics.median(times["pipeline"]) / statistics.median(times["bare loop"])
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.preset}, 256 px, batch {args.batch_size}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.preset}, 256 px, batch {args.batch_size}, "
+        f"{args.steps} steps, guidance {scale}, {args.repeats} repeats"
     )
-    print(f"{args.steps} steps, guidance {scale}, median of {args.repeats}")
-    print(
-        f"| pipeline | bare loop | ratio |\n| --- | --- | --- |\n| {pipeline:.3f} s | {bare:.3f} s | {pipeline / bare:.3f} |"
-    )
+    print(f"pipeline:  {describe(times['pipeline'], 's')}")
+    print(f"bare loop: {describe(times['bare loop'], 's')}")
+    print(f"ratio of medians: {ratio:.3f}")
+    result = {
+        "args": vars(args),
+        "environment": environment(),
+        "seconds": {name: spread(ts) for name, ts in times.items()},
+        "ratio": ratio,
+    }
+    write_result(__file__, result, args.output_json)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 The isotropic baseline is `MPDiTTransformer2DModel` with one level on 2x2 patches and the same width and total depth
 (a SiT/DiT-B/2 with MPDiT's embeddings). A step is what `examples/train_mpdit.py` does: flow times, noise and label
 dropout from the shared helpers, the flow-matching loss, backward, AdamW and the EMA update. The two models alternate
-in one run; the median step time is compared. Peak memory is measured in a fresh process per model (peak RSS growth
-over the process before its first step on CPU, `max_memory_allocated` on CUDA).
+in one run; the median step times are compared, and min, median and max printed. Peak memory is measured in a fresh
+process per model (peak RSS growth over the process before its first step on CPU, `max_memory_allocated` on CUDA).
+Writes `benchmark_training.json` beside this script.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from diffusers.training_utils import EMAModel
+from timing import describe, environment, spread, time_alternating, write_result
 
 from diffusers_mpdit import MPDiTTransformer2DModel
 from diffusers_mpdit.training import drop_class_labels, flow_matching_loss, sample_flow_times, step_generator
@@ -84,10 +85,13 @@ def _rss_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps, after a warm-up (default 5)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default no)"
+    )
+    parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -98,45 +102,30 @@ def main() -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     steps = {name: make_step(*build(name, device), args.batch_size, device, dtype) for name in CONFIGS}
-    for step in steps.values():
-        step()  # warm-up
-    times = {name: [] for name in CONFIGS}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times[name].append(time.perf_counter() - start)
+    times = time_alternating(steps, args.repeats, sync, warmup=1)
     del steps
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, mixed precision {args.mixed_precision}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, mixed precision "
+        f"{args.mixed_precision}, batch {args.batch_size} at 256 px (32x32x4 latents), {args.repeats} repeats\n"
     )
-    print(f"batch {args.batch_size} at 256 px (32x32x4 latents), median of {args.repeats}\n")
-    print("| model | s/step | steps/s | images/s | peak memory |\n| --- | --- | --- | --- | --- |")
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    for name, seconds in medians.items():
+    rows = {}
+    for name, seconds in times.items():
         child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--memory-of",
-                name,
-                "--batch-size",
-                str(args.batch_size),
-                "--device",
-                args.device,
-            ]
-            + ["--mixed-precision", args.mixed_precision],
+            [sys.executable, __file__, "--memory-of", name, "--batch-size", str(args.batch_size)]
+            + ["--device", args.device, "--mixed-precision", args.mixed_precision],
             capture_output=True,
             text=True,
             check=True,
         )
         memory = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {seconds:.3f} | {1 / seconds:.3f} | {args.batch_size / seconds:.2f} | {memory:.2f} GiB |")
-    ratio = medians["MPDiT-B/4x"] / medians["isotropic B/2"]
-    print(f"\nMPDiT-B/4x step time / isotropic: {ratio:.3f}")
+        median = statistics.median(seconds)
+        rows[name] = {"seconds": spread(seconds), "images_per_second": args.batch_size / median, "peak_gib": memory}
+        print(f"{name}: step {describe(seconds, 's')}, {args.batch_size / median:.2f} images/s, peak {memory:.2f} GiB")
+    ratio = statistics.median(times["MPDiT-B/4x"]) / statistics.median(times["isotropic B/2"])
+    print(f"\nMPDiT-B/4x step time / isotropic (medians): {ratio:.3f}")
+    write_result(__file__, {"args": vars(args), "environment": environment(args.device), "models": rows,
+                            "ratio": ratio}, args.output_json)  # fmt: skip
 
 
 if __name__ == "__main__":

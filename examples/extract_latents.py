@@ -21,28 +21,38 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
-from train_mpdit import ImageTransform, collate, load_image_dataset
 
+from diffusers_mpdit.training import ImageTransform, collate, load_image_dataset
 from diffusers_mpdit.training.latent_cache import ChannelStatistics, write_index, write_shard
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_data_dir")
-    p.add_argument("--dataset_name")
-    p.add_argument("--dataset_config_name")
-    p.add_argument("--dataset_split", default="train")
-    p.add_argument("--image_column", default="image")
-    p.add_argument("--label_column", default="label")
-    p.add_argument("--max_train_samples", type=int)
+    p.add_argument("--train_data_dir", help="imagefolder: one subfolder of images per class")
+    p.add_argument("--dataset_name", help="a `datasets` dataset (name or local path)")
+    p.add_argument("--dataset_config_name", help="the dataset's configuration, if it has several")
+    p.add_argument("--dataset_split", default="train", help="split to encode (default train)")
+    p.add_argument("--image_column", default="image", help="the dataset's image column (default image)")
+    p.add_argument("--label_column", default="label", help="the dataset's label column (default label)")
+    p.add_argument("--max_train_samples", type=int, help="encode the first N samples only")
     p.add_argument("--pretrained_vae", required=True, help="AutoencoderKL folder or Hub id")
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--image_preprocessing", choices=["center_crop", "pad"], default="center_crop")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--resolution", type=int, default=256, help="image side before encoding (default 256)")
+    p.add_argument(
+        "--image_preprocessing",
+        choices=["center_crop", "pad"],
+        default="center_crop",
+        help="ADM centre crop, or pad smaller images with black borders (default center_crop)",
+    )
+    p.add_argument("--output_dir", required=True, help="the cache folder (replaced if it exists)")
+    p.add_argument("--batch_size", type=int, default=32, help="images per VAE forward pass, per process (default 32)")
     p.add_argument("--shard_size", type=int, default=4096, help="images per shard")
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    p.add_argument("--dataloader_num_workers", type=int, default=0)
+    p.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="the VAE's precision (default: accelerate's configuration)",
+    )
+    p.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes (default 0)")
     args = p.parse_args(argv)
     if bool(args.train_data_dir) == bool(args.dataset_name):
         p.error("give exactly one of --train_data_dir, --dataset_name")
@@ -60,7 +70,10 @@ def main(argv=None) -> None:
         output_dir.mkdir(parents=True)
     accelerator.wait_for_everyone()
 
-    dataset, id2label = load_image_dataset(args)
+    dataset, id2label = load_image_dataset(
+        args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
+        args.image_column, args.label_column, args.max_train_samples,
+    )  # fmt: skip
     dataset = dataset.with_transform(ImageTransform(args.resolution, 3, args.image_preprocessing))
     with accelerator.split_between_processes(list(range(len(dataset)))) as indices:
         mine = torch.tensor(indices, dtype=torch.long)

@@ -48,7 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source_dir", default=SOURCE, help="folder with the *-idx*-ubyte.gz files")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="where train.parquet and test.parquet go")
     args = parser.parse_args()
     source, output = Path(args.source_dir), Path(args.output_dir)
     if not (source / "train-images-idx3-ubyte.gz").is_file():

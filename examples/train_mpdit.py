@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 
@@ -35,32 +33,27 @@ from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
-from diffusers_mpdit.atomic import give_normal_permissions
+from diffusers_mpdit.atomic import save_pretrained_atomically
+from diffusers_mpdit.pipelines import ClassNames
 from diffusers_mpdit.sampling import SamplingConfig
 from diffusers_mpdit.training import (
     WEIGHTING_SCHEMES,
+    EpochSampler,
+    ImageTransform,
     LatentCacheDataset,
-    center_crop_arr,
+    check_checkpoint,
+    collate,
     drop_class_labels,
     flow_matching_loss,
-    image_to_tensor,
+    list_checkpoints,
+    load_image_dataset,
     normalize_latents,
-    pad_to,
     sample_flow_times,
+    save_checkpoint,
     step_generator,
 )
 
 logger = get_logger(__name__)
-CHECKPOINT_FILES = (
-    "transformer/config.json",
-    "transformer/diffusion_pytorch_model.safetensors",
-    "transformer_ema/config.json",
-    "transformer_ema/diffusion_pytorch_model.safetensors",
-    "optimizer.bin",
-    "scheduler.bin",
-    "random_states_0.pkl",
-    "training_state.json",
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,12 +61,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = p.add_argument_group("data")
     data.add_argument("--train_data_dir", help="imagefolder: one subfolder of images per class")
     data.add_argument("--dataset_name", help="a `datasets` dataset (name or local path)")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--dataset_split", default="train")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--label_column", default="label")
+    data.add_argument("--dataset_config_name", help="the dataset's configuration, if it has several")
+    data.add_argument("--dataset_split", default="train", help="split to train on (default train)")
+    data.add_argument("--image_column", default="image", help="the dataset's image column (default image)")
+    data.add_argument(
+        "--label_column",
+        default="label",
+        help="the dataset's label column; a ClassLabel gives the names (default label)",
+    )
     data.add_argument("--latents_dir", help="latent cache written by examples/extract_latents.py")
-    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--max_train_samples", type=int, help="train on the first N samples only")
     data.add_argument(
         "--resolution", type=int, help="image side for image data (default 256; a latent cache has its own)"
     )
@@ -90,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="horizontal flips (of the latents, for a cache); only for data whose classes look the same mirrored",
     )
     data.add_argument("--pretrained_vae", help="AutoencoderKL folder or Hub id; without it, pixel space")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="data loading processes (default 0: the main one)"
+    )
 
     model = p.add_argument_group("model")
     model.add_argument("--preset", default="MPDiT-B/4x", help="an MPDiTTransformer2DModel preset")
@@ -98,44 +97,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--pretrained_model_name_or_path", help="start from a pipeline or transformer folder")
 
     recipe = p.add_argument_group("recipe (defaults: the official one)")
-    recipe.add_argument("--weighting_scheme", choices=WEIGHTING_SCHEMES, default="logit_normal")
-    recipe.add_argument("--logit_mean", type=float, default=0.0)
-    recipe.add_argument("--logit_std", type=float, default=1.0)
-    recipe.add_argument("--mode_scale", type=float, default=1.29)
-    recipe.add_argument("--class_dropout_prob", type=float, default=0.1)
-    recipe.add_argument("--learning_rate", type=float, default=2e-4)
-    recipe.add_argument("--scale_lr", action="store_true")
-    recipe.add_argument("--lr_scheduler", default="constant")
-    recipe.add_argument("--lr_warmup_steps", type=int, default=0)
-    recipe.add_argument("--adam_beta1", type=float, default=0.9)
-    recipe.add_argument("--adam_beta2", type=float, default=0.999)
-    recipe.add_argument("--adam_weight_decay", type=float, default=0.0)
-    recipe.add_argument("--adam_epsilon", type=float, default=1e-8)
+    recipe.add_argument(
+        "--weighting_scheme",
+        choices=WEIGHTING_SCHEMES,
+        default="logit_normal",
+        help="how flow times are drawn: logit_normal (the official), uniform, or SD3's mode (default logit_normal)",
+    )
+    recipe.add_argument("--logit_mean", type=float, default=0.0, help="logit-normal mean (default 0)")
+    recipe.add_argument("--logit_std", type=float, default=1.0, help="logit-normal standard deviation (default 1)")
+    recipe.add_argument("--mode_scale", type=float, default=1.29, help="scale of the mode scheme (default 1.29)")
+    recipe.add_argument(
+        "--class_dropout_prob",
+        type=float,
+        default=0.1,
+        help="labels replaced by the null class, for CFG (default 0.1)",
+    )
+    recipe.add_argument("--learning_rate", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    recipe.add_argument(
+        "--scale_lr", action="store_true", help="multiply the rate by batch size x processes x accumulation steps"
+    )
+    recipe.add_argument(
+        "--lr_scheduler", default="constant", help="diffusers.optimization.get_scheduler name (default constant)"
+    )
+    recipe.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    recipe.add_argument(
+        "--lr_schedule_steps",
+        type=int,
+        help="length of the learning-rate schedule, to stop before its end (default: the run's steps)",
+    )
+    recipe.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1 (default 0.9)")
+    recipe.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2 (default 0.999)")
+    recipe.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    recipe.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon (default 1e-8)")
     recipe.add_argument("--max_grad_norm", type=float, default=None, help="off by default, as in the official recipe")
-    recipe.add_argument("--ema_decay", type=float, default=0.9999)
+    recipe.add_argument(
+        "--ema_decay", type=float, default=0.9999, help="constant EMA decay of the saved weights (default 0.9999)"
+    )
     recipe.add_argument("--train_batch_size", type=int, default=32, help="per process")
-    recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    recipe.add_argument("--num_train_epochs", type=int, default=400)
+    recipe.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimiser step (default 1)"
+    )
+    recipe.add_argument("--num_train_epochs", type=int, default=400, help="passes over the data (default 400)")
     recipe.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
     recipe.add_argument(
         "--max_train_minutes",
         type=float,
         help="also stop after this much training time (steps only; checkpoints and grids not counted; resumes add up)",
     )
-    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the initialisation, the data order and every step's draws (default 0)",
+    )
 
     infra = p.add_argument_group("infrastructure")
-    infra.add_argument("--output_dir", required=True)
-    infra.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    infra.add_argument("--gradient_checkpointing", action="store_true")
+    infra.add_argument(
+        "--output_dir", required=True, help="checkpoints, logs, sample grids and the final pipeline (EMA weights)"
+    )
+    infra.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="autocast precision (default: accelerate's configuration)",
+    )
+    infra.add_argument(
+        "--gradient_checkpointing", action="store_true", help="recompute block activations in the backward pass"
+    )
     infra.add_argument("--compile", action="store_true", help="torch.compile the transformer")
-    infra.add_argument("--allow_tf32", action="store_true")
-    infra.add_argument("--checkpointing_steps", type=int, default=5000)
-    infra.add_argument("--checkpoints_total_limit", type=int)
+    infra.add_argument("--allow_tf32", action="store_true", help="TF32 matrix products on Ampere and newer GPUs")
+    infra.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=5000,
+        help="save a resumable checkpoint every N steps (default 5000)",
+    )
+    infra.add_argument("--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints")
     infra.add_argument("--resume_from_checkpoint", help='"latest" or a checkpoint folder')
     infra.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
-    infra.add_argument("--logging_dir", default="logs")
-    infra.add_argument("--tracker_project_name", default="train_mpdit")
+    infra.add_argument("--logging_dir", default="logs", help="tracker logs, inside --output_dir (default logs)")
+    infra.add_argument(
+        "--tracker_project_name", default="train_mpdit", help="the trackers' project name (default train_mpdit)"
+    )
     infra.add_argument("--validation_steps", type=int, default=5000, help="sample grid every N steps (0: never)")
     infra.add_argument("--validation_classes", help="comma-separated class ids or names (default: up to 8 classes)")
     infra.add_argument(
@@ -149,10 +192,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="guidance of the validation grids (default: the pipeline's default_guidance_scale)",
     )
-    infra.add_argument("--push_to_hub", action="store_true")
-    infra.add_argument("--hub_model_id")
-    infra.add_argument("--hub_token")
-    infra.add_argument("--hub_private_repo", action="store_true")
+    infra.add_argument(
+        "--push_to_hub", action="store_true", help="upload the final pipeline with a model card and its sample grid"
+    )
+    infra.add_argument("--hub_model_id", help="the Hub repo to push to, namespace/name")
+    infra.add_argument("--hub_token", help="a Hub write token (default: the logged-in one)")
+    infra.add_argument("--hub_private_repo", action="store_true", help="create the Hub repo as private")
     args = p.parse_args(argv)
 
     sources = [x for x in (args.train_data_dir, args.dataset_name, args.latents_dir) if x]
@@ -167,113 +212,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except json.JSONDecodeError as error:
         p.error(f"--model_config is not JSON: {error}")
     return args
-
-
-# --- data ------------------------------------------------------------------------------------------------------------
-
-
-def load_image_dataset(args):
-    """Returns a `datasets.Dataset` of (image, label) and its `id2label`."""
-    from datasets import load_dataset
-
-    if args.train_data_dir:
-        dataset = load_dataset("imagefolder", data_dir=args.train_data_dir, split="train")
-        image_column, label_column = "image", "label"
-    else:
-        dataset = load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
-        image_column, label_column = args.image_column, args.label_column
-    for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
-        if column not in dataset.column_names:
-            raise ValueError(f"{flag} {column!r} is not a column of the dataset; it has {dataset.column_names}.")
-    feature = dataset.features[label_column]
-    if hasattr(feature, "names"):
-        id2label = dict(enumerate(feature.names))
-    else:
-        id2label = {int(i): str(i) for i in sorted(set(dataset[label_column]))}
-    if args.max_train_samples:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-    return dataset.select_columns([image_column, label_column]).rename_columns(
-        {image_column: "image", label_column: "label"}
-    ), id2label
-
-
-class ImageTransform:
-    """PIL -> ADM centre crop (or padding) -> tensor in [-1, 1]; picklable for dataloader workers."""
-
-    def __init__(self, resolution: int, channels: int, preprocessing: str):
-        self.resolution, self.channels, self.preprocessing = resolution, channels, preprocessing
-
-    def __call__(self, batch):
-        prepare = pad_to if self.preprocessing == "pad" else center_crop_arr
-        images = [prepare(image, self.resolution) for image in batch["image"]]
-        return {"pixels": [image_to_tensor(image, self.channels) for image in images], "label": batch["label"]}
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A permutation per epoch determined by (seed, epoch): the data order survives restarts and world sizes."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(torch.randperm(self.size, generator=step_generator(self.seed, -1, self.epoch)).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def collate(examples):
-    batch = {"label": torch.tensor([int(e["label"]) for e in examples])}
-    for key in ("pixels", "mean", "std"):
-        if key in examples[0]:
-            batch[key] = torch.stack([e[key] for e in examples])
-    return batch
-
-
-# --- checkpoints -----------------------------------------------------------------------------------------------------
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def check_checkpoint(path: Path) -> dict:
-    """Returns the checkpoint's `training_state.json` (`global_step`, `train_seconds`), or raises naming what is
-    missing."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {str(path)!r} is not a folder.")
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
-    if missing:
-        raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
-    state = json.loads((path / "training_state.json").read_text())
-    return {"global_step": int(state["global_step"]), "train_seconds": float(state.get("train_seconds", 0.0))}
-
-
-def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None, train_seconds: float
-) -> Path:
-    """Saves the full accelerator state under a temporary name and renames it, so a crash never leaves a broken
-    checkpoint behind; then prunes the oldest ones beyond `total_limit`."""
-    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "training_state.json").write_text(json.dumps({"global_step": step, "train_seconds": train_seconds}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
-        logger.info(f"Saved {final}")
-    accelerator.wait_for_everyone()
-    return final
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
@@ -314,7 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         vae_source = args.pretrained_vae or dataset.index["vae"]
     else:
-        image_dataset, id2label = load_image_dataset(args)
+        try:
+            image_dataset, id2label = load_image_dataset(
+                args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
+                args.image_column, args.label_column, args.max_train_samples,
+            )  # fmt: skip
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         resolution = args.resolution or 256
         if args.pretrained_vae:
             vae = AutoencoderKL.from_pretrained(args.pretrained_vae).eval().requires_grad_(False)
@@ -405,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         args.lr_scheduler,
         optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_training_steps=(args.lr_schedule_steps or max_train_steps) * accelerator.num_processes,
     )
     if args.compile:
         model = torch.compile(model)
@@ -428,7 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         if path is None:
             logger.info("No checkpoint to resume from; starting a new run.")
         else:
-            state = check_checkpoint(path)
+            try:
+                state = check_checkpoint(path)
+            except FileNotFoundError as error:
+                raise SystemExit(f"error: --resume_from_checkpoint: {error}") from None
             global_step, train_seconds = state["global_step"], state["train_seconds"]
             try:
                 accelerator.load_state(str(path))
@@ -524,7 +471,10 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.log(logs, step=global_step)
             out_of_steps, timed_out = global_step >= max_train_steps, out_of_time(args, accelerator, train_seconds)
             if global_step % args.checkpointing_steps == 0 or (timed_out and not out_of_steps):
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, train_seconds)
+                saved = save_checkpoint(
+                    accelerator, output_dir, global_step, args.checkpoints_total_limit, train_seconds
+                )
+                logger.info(f"Saved {saved}")
             if args.validation_steps and global_step % args.validation_steps == 0:
                 grid(global_step)
             # Checkpoints and grids are not training time.
@@ -541,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         pipeline = ema_pipeline()
-        save_pipeline(pipeline, output_dir)
+        save_pretrained_atomically(pipeline, output_dir, merge=True)
         final_grid = grid(global_step, pipeline, name="final")
         logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
         if args.push_to_hub:
@@ -575,10 +525,13 @@ def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, a
     return normalize_latents(latents.float(), latent_config)
 
 
-def parse_validation_classes(spec: str | None, id2label: dict[int, str]) -> list:
+def parse_validation_classes(spec: str | None, id2label: dict[int, str]) -> list[int]:
     if not spec:
         return list(range(min(8, len(id2label))))
-    return [int(c) if c.strip().isdigit() else c.strip() for c in spec.split(",")]
+    try:
+        return ClassNames(id2label, len(id2label)).ids(spec.split(","), allow_null=False, parse_digits=True)
+    except ValueError as error:
+        raise SystemExit(f"error: --validation_classes: {error}") from None
 
 
 def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
@@ -596,22 +549,6 @@ def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipe
                 scaling_factor=latent_config.scaling_factor,
             )
     return MPDiTPipeline(transformer=transformer, vae=vae, scheduler=default_scheduler(), id2label=id2label)
-
-
-def save_pipeline(pipeline: MPDiTPipeline, output_dir: Path) -> None:
-    """Writes the pipeline into `output_dir` beside the checkpoints; `model_index.json` goes last, so a folder with one
-    is complete."""
-    tmp = output_dir / ".tmp-pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(tmp)
-    give_normal_permissions(tmp, directory=True)
-    (output_dir / "model_index.json").unlink(missing_ok=True)
-    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
-        target = output_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    tmp.rmdir()
 
 
 @torch.no_grad()

@@ -37,11 +37,9 @@ def load(model: str, device: str | None = None, dtype: str = SamplingConfig.dtyp
 
 
 def class_choices(pipe: MPDiTPipeline) -> list[tuple[str, int]]:
-    """(shown name, class id) for the picker: the model's names (the first synonym), or the ids."""
-    num_classes = pipe.transformer.config.num_classes
-    if not pipe.id2label:
-        return [(f"class {i}", i) for i in range(num_classes)]
-    return [(f"{pipe.id2label[i]} ({i})", i) for i in range(num_classes)]
+    """(shown name, class id) for the picker: the model's names with their ids (`ClassNames.name`)."""
+    names = pipe.class_names
+    return [(f"{names.name(i)} ({i})", i) for i in range(names.num_classes)]
 
 
 def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:

@@ -66,22 +66,23 @@ def test_precision_recall_match_brute_force(block_size):
 
 
 def test_resize_is_tensorflows_legacy_bilinear():
-    # TensorFlow 1 ResizeBilinear (align_corners=False, no half-pixel centres): source = destination * in / out,
-    # clamped at the last pixel.
-    image = np.random.default_rng(0).uniform(0, 255, size=(7, 5))
-    size = 11
+    image = np.random.default_rng(0).uniform(0, 255, size=(7, 5, 3))
+    expected = tensorflow_legacy_resize(image, 11)
+    got = resize_like_tensorflow(torch.tensor(image).permute(2, 0, 1)[None].float(), 11)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(got.double().numpy(), expected, atol=1e-3)
 
-    def axis(size_in):
-        src = np.arange(size) * size_in / size
-        low = np.floor(src).astype(int)
-        return low, np.minimum(low + 1, size_in - 1), src - low
 
-    (y0, y1, fy), (x0, x1, fx) = axis(7), axis(5)
-    top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
-    bottom = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
-    expected = top * (1 - fy[:, None]) + bottom * fy[:, None]
-    got = resize_like_tensorflow(torch.tensor(image)[None, None].float(), size)[0, 0].double().numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-3)
+def test_spatial_features_are_flattened_in_tensorflows_h_w_c_order():
+    from diffusers_mpdit.evaluation.inception import SPATIAL_CHANNELS, spatial_features
+
+    # A constructed mixed_6/conv output: the value names its own (channel, row, column).
+    c, h, w = torch.meshgrid(torch.arange(10), torch.arange(17), torch.arange(17), indexing="ij")
+    conv = (1000 * c + 10 * h + w).float()[None] / 100
+    flat = spatial_features(conv)[0]
+    assert flat.shape == (17 * 17 * SPATIAL_CHANNELS,)
+    # TensorFlow flattens (h, w, c): element (h * 17 + w) * 7 + c, and only the first 7 channels are kept.
+    for hh, ww, cc in [(0, 0, 0), (0, 0, 6), (0, 1, 0), (3, 5, 2), (16, 16, 6)]:
+        assert flat[(hh * 17 + ww) * 7 + cc] == (1000 * cc + 10 * hh + ww) / 100
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,30 @@ def inception():
     return InceptionV3Features.from_pretrained(softmax_path=None)
 
 
+def tensorflow_legacy_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """TensorFlow 1's ResizeBilinear (no half-pixel centres) in numpy: source = destination * in / out, clamped."""
+
+    def axis(size_in):
+        src = np.arange(size) * size_in / size
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), src - low
+
+    (y0, y1, fy), (x0, x1, fx) = axis(image.shape[0]), axis(image.shape[1])
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
+    bottom = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
 def test_inception_features_are_the_ported_network(inception):
     images = np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
     features = inception(images)
     assert features["pool"].shape == (3, 2048) and features["spatial"].shape == (3, 17 * 17 * 7)
     network = torch.jit.load(inception.weights["inception"])
-    x = resize_like_tensorflow(torch.tensor(images).permute(0, 3, 1, 2).float(), 299)
-    torch.testing.assert_close(features["pool"], network((x - 128) / 128), rtol=0, atol=0)
+    resized = np.stack([tensorflow_legacy_resize(image.astype(np.float64), 299) for image in images])
+    x = torch.tensor(resized, dtype=torch.float32).permute(0, 3, 1, 2)
+    # The graph's input: uint8 resized to 299 (TensorFlow's legacy bilinear), then (x - 128) / 128.
+    torch.testing.assert_close(features["pool"], network((x - 128) / 128), rtol=1e-4, atol=1e-4)
     # Greyscale is the same image in three channels.
     grey = images[..., :1]
     torch.testing.assert_close(inception(grey)["pool"], inception(np.repeat(grey, 3, -1))["pool"])

@@ -15,7 +15,7 @@ from conftest import tiny_pipeline
 from huggingface_hub import HfApi, hf_hub_download
 
 from diffusers_mpdit.data import imagenet1k_id2label
-from diffusers_mpdit.hub_cards import TEMPLATES, card_template_for, render_model_card
+from diffusers_mpdit.hub import TEMPLATES, card_template_for, render_model_card
 
 ALICE, BOB = "hf_alice_write", "hf_bob_write"
 

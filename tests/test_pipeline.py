@@ -122,9 +122,9 @@ def test_class_labels_accept_ids_lists_tensors_names_and_synonyms():
 
 def test_unknown_and_ambiguous_names():
     pipe = tiny_pipeline(num_classes=11)
-    with pytest.raises(ValueError, match=r"unknown class name 'sandals'\. Closest names: 'sandal'"):
+    with pytest.raises(ValueError, match=r"`class_labels`: unknown class name 'sandals'; closest: 'sandal'"):
         pipe(class_labels="sandals")
-    with pytest.raises(ValueError, match=r"`class_labels` name 'trainer' is ambiguous: .*7 \(sneaker, trainer\); 10"):
+    with pytest.raises(ValueError, match=r"class name 'trainer' is ambiguous: .*7 \(sneaker, trainer\); 10"):
         pipe.get_label_ids("trainer")
 
 
@@ -444,9 +444,12 @@ def test_diffusion_pipeline_with_custom_pipeline_and_trust_remote_code(tmp_path)
             {"class_labels": [1], "callback_on_step_end_tensor_inputs": ["noise"]},
             "`callback_on_step_end_tensor_inputs`",
         ),
-        ({"class_labels": [11]}, r"`class_labels` must be in \[0, 10\]"),
-        ({"class_labels": [-1]}, r"`class_labels` must be in \[0, 10\]"),
-        ({"class_labels": [1.5]}, "`class_labels` must hold class ids"),
+        (
+            {"class_labels": [11]},
+            r"`class_labels`: class id 11 is out of range: ids run from 0 to 10 \(10 is the null",
+        ),
+        ({"class_labels": [-1]}, r"`class_labels`: class id -1 is out of range"),
+        ({"class_labels": [1.5]}, "`class_labels`: expected class ids"),
         ({"class_labels": None}, "`class_labels` is required"),
         ({"class_labels": "robot"}, "unknown class name 'robot'"),
         ({"class_labels": [1], "output_type": "jpeg"}, "`output_type` must be one of"),
@@ -464,3 +467,64 @@ def test_unconditional_pipeline():
     assert pipe(num_images_per_prompt=2, num_inference_steps=1, output_type="np").images.shape == (2, 16, 16, 3)
     with pytest.raises(ValueError, match="`class_labels` must be None"):
         pipe(class_labels=[1])
+
+
+# --- against hand loops ------------------------------------------------------------------------------------------
+
+
+def euler_by_hand(transformer, x, labels, sigmas, scales, null, interval=None):
+    """Euler over the scheduler's sigmas with classifier-free guidance, `scales[i]` at step i, in two forward passes."""
+    for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        t = torch.full((len(x),), float(sigma))
+        with torch.no_grad():
+            out = transformer(x, t, labels).sample
+            cond = out[:, : x.shape[1]]
+            if interval is None or interval[0] <= float(sigma) <= interval[1]:
+                uncond = transformer(x, t, torch.full_like(labels, null)).sample[:, : x.shape[1]]
+                v = uncond + scales[i] * (cond - uncond)
+            else:
+                v = cond
+        x = x + (float(sigma_next) - float(sigma)) * v
+    return x
+
+
+def test_guidance_changed_by_a_callback_takes_effect_from_the_next_step():
+    pipe = tiny_pipeline()
+    x = torch.randn(2, 4, 8, 8, generator=gen(3))
+    labels = torch.tensor([1, 6])
+
+    def bump(p, i, t, kwargs):
+        p._guidance_scale += 1.0
+        return kwargs
+
+    out = pipe(class_labels=labels, num_inference_steps=4, guidance_scale=1.5, latents=x, callback_on_step_end=bump,
+               output_type="latent").images  # fmt: skip
+    sigmas = pipe.scheduler.sigmas.tolist()
+    expected = euler_by_hand(pipe.transformer, x, labels, sigmas, [1.5, 2.5, 3.5, 4.5], null=10)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # A scale read once at the start would have given this instead.
+    once = euler_by_hand(pipe.transformer, x, labels, sigmas, [1.5] * 4, null=10)
+    assert (once - out).abs().max() > 1e-3
+
+
+def test_joint_model_samples_with_its_first_channels():
+    pipe = tiny_pipeline(out_channels=8)  # the official "joint" variant: twice the input channels
+    x = torch.randn(1, 4, 8, 8, generator=gen(4))
+    labels = torch.tensor([2])
+    out = pipe(class_labels=labels, num_inference_steps=3, guidance_scale=2.0, latents=x, output_type="latent").images
+    expected = euler_by_hand(pipe.transformer, x, labels, pipe.scheduler.sigmas.tolist(), [2.0] * 3, null=10)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_shifting_uses_the_finest_level_token_count():
+    pipe = tiny_pipeline()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=True)
+    spy = with_transformer(pipe, SpyTransformer, calls=[])
+    pipe(class_labels=[1], num_inference_steps=4, guidance_scale=1.0, height=16, width=24, output_type="latent")
+    # SD3's resolution-dependent shift, written out: mu is linear in the token count of the finest level (2x2
+    # patches of the 8x12 latent of a 16x24 image: 4 x 6 = 24 tokens), and sigma -> e^mu / (e^mu + 1 / sigma - 1).
+    tokens = (8 // 2) * (12 // 2)
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (tokens - 256)
+    plain = np.linspace(1.0, 0.001, 4)
+    expected = np.exp(mu) / (np.exp(mu) + 1 / plain - 1)
+    np.testing.assert_allclose([float(t[0]) for _, t, _ in spy.calls], expected, rtol=1e-5)

@@ -100,3 +100,43 @@ def test_api_enforces_the_bounds_the_sliders_show(space):
     # The official samplers need two time points.
     with pytest.raises(Exception, match="Sampling steps must be an integer >= 2 for the sde sampler"):
         client.predict(*(good | {"steps": 1}).values(), "sde", api_name="/generate")
+
+
+def test_the_entry_point_serves_with_its_queue_limits(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "space" / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
+        + ["--device", "cpu", "--concurrency", "1", "--max-queue", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "w"),
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        slow = dict(class_id=5, num_images=8, steps=100, guidance=1.5, low=0.0, high=1.0, seed=1, randomize=False)
+        # One generation runs and one waits; with --max-queue 1 a third is turned away.
+        jobs = [client.submit(*slow.values(), "euler", api_name="/generate") for _ in range(3)]
+        errors, results = [], []
+        for job in jobs:
+            try:
+                results.append(job.result(timeout=300))
+            except Exception as error:
+                errors.append(str(error))
+        assert len(errors) == 1 and "queue is full" in errors[0].lower(), errors
+        assert [(len(images), seed) for images, seed in results] == [(8, 1), (8, 1)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

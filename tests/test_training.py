@@ -433,3 +433,60 @@ def test_prepare_fashion_mnist_writes_a_labelled_parquet_dataset(tmp_path):
     assert train[3]["image"].size == (28, 28) and train[3]["label"] == 3
     np.testing.assert_array_equal(np.stack([np.array(train[i]["image"]) for i in range(12)]), pixels["train"])
     assert len(load_dataset(str(tmp_path / "out"), split="test")) == 5
+
+
+def tensorboard_scalars(out, tag="loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((Path(out) / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    return [e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step)]
+
+
+def test_training_overfits_a_handful_of_images(image_folder, tmp_path):
+    # Four images, the same four every step: in 80 steps the velocity loss must fall to under half where it starts.
+    out = tmp_path / "overfit"
+    flags = train_args(image_folder, out, 80, max_train_samples=4, report_to="tensorboard", learning_rate=2e-3,
+                       checkpointing_steps=1000, class_dropout_prob=0.0)  # fmt: skip
+    launch(TRAIN, flags, launcher="python")
+    losses = tensorboard_scalars(out)
+    assert len(losses) == 80
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < first / 2, (first, last)  # measured: 1.28 -> 0.50
+
+
+def test_ema_after_three_steps_is_the_constant_decay_average(image_folder, tmp_path):
+    out, decay = tmp_path / "ema", 0.9
+    launch(TRAIN, train_args(image_folder, out, 3, checkpointing_steps=1, ema_decay=decay), launcher="python")
+    raw = [weights(out / f"checkpoint-{step}" / "transformer") for step in (1, 2, 3)]
+    ema = weights(out / "checkpoint-3" / "transformer_ema")
+    # diffusers' EMAModel copies the weights at the first step; after that the decay is constant:
+    # e1 = w1, e2 = d e1 + (1 - d) w2, e3 = d e2 + (1 - d) w3.
+    for key in ema:
+        expected = raw[0][key]
+        for w in raw[1:]:
+            expected = decay * expected + (1 - decay) * w[key]
+        torch.testing.assert_close(ema[key], expected, rtol=1e-6, atol=1e-7, msg=key)
+    assert any((raw[2][k] - ema[k]).abs().max() > 1e-6 for k in ema)  # it is an average, not the last weights
+
+
+def test_compile_and_bf16_runs_follow_the_eager_float32_loss(image_folder, tmp_path):
+    losses = {}
+    for name, extra in {"eager": {}, "compile": {"compile": True}, "bf16": {"mixed_precision": "bf16"}}.items():
+        out = tmp_path / name
+        flags = train_args(image_folder, out, 3, report_to="tensorboard", checkpointing_steps=1000, **extra)
+        launch(TRAIN, flags, launcher="python")
+        losses[name] = np.array(tensorboard_scalars(out))
+    assert len(losses["eager"]) == 3
+    # Inductor reorders float32 arithmetic; bf16 autocast keeps 8 mantissa bits.
+    np.testing.assert_allclose(losses["compile"], losses["eager"], rtol=1e-3)
+    np.testing.assert_allclose(losses["bf16"], losses["eager"], rtol=0.03)
+
+
+def test_lr_schedule_steps_stops_a_schedule_part_way(image_folder, tmp_path):
+    out = tmp_path / "schedule"
+    flags = train_args(image_folder, out, 3, report_to="tensorboard", lr_scheduler="linear", learning_rate=1e-3,
+                       lr_schedule_steps=10, checkpointing_steps=1000)  # fmt: skip
+    launch(TRAIN, flags, launcher="python")
+    # A linear decay laid out over 10 steps, logged after each of the first three: 1e-3 * (10 - step) / 10.
+    np.testing.assert_allclose(tensorboard_scalars(out, "lr"), [9e-4, 8e-4, 7e-4], rtol=1e-6)

@@ -1,31 +1,29 @@
-"""diffusers-mpdit: MPDiT (Dao and Metaxas, CVPR 2026) for Hugging Face diffusers."""
+"""diffusers-mpdit: MPDiT (Dao and Metaxas, CVPR 2026) for Hugging Face diffusers.
 
-__version__ = "0.1.0"
+Names are imported on first use: `import diffusers_mpdit` alone loads neither torch nor diffusers.
+"""
 
 import os
 
-from .models import PRESETS, MPDiTTransformer2DModel
-from .pipelines import MPDiTPipeline, default_scheduler, official_euler_sigmas
-from .sampling import SamplingConfig
-from .schedulers import FlowMatchEulerMaruyamaScheduler
-from .training import denormalize_latents, normalize_latents
+from ._lazy import lazy_exports
+
+__version__ = "0.1.0"
 
 # Path for `DiffusionPipeline.from_pretrained(path, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)`.
 CUSTOM_PIPELINE = os.path.join(os.path.dirname(__file__), "custom_pipeline.py")
 # The demo model that ships with the package: Fashion-MNIST, pixel space, 32x32 grey (see its README.md).
 BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "bundled", "mpdit-fashion-mnist")
 
-__all__ = [
-    "BUNDLED_MODEL",
-    "CUSTOM_PIPELINE",
-    "FlowMatchEulerMaruyamaScheduler",
-    "PRESETS",
-    "SamplingConfig",
-    "MPDiTPipeline",
-    "MPDiTTransformer2DModel",
-    "__version__",
-    "default_scheduler",
-    "denormalize_latents",
-    "normalize_latents",
-    "official_euler_sigmas",
-]
+_EXPORTS = {
+    "FlowMatchEulerMaruyamaScheduler": "schedulers.scheduling_flow_match_euler_maruyama",
+    "MPDiTPipeline": "pipelines.pipeline_mpdit",
+    "MPDiTTransformer2DModel": "models.transformer_mpdit",
+    "PRESETS": "models.presets",
+    "SamplingConfig": "sampling",
+    "default_scheduler": "pipelines.timesteps",
+    "denormalize_latents": "training.latents",
+    "normalize_latents": "training.latents",
+    "official_euler_sigmas": "pipelines.timesteps",
+}
+__all__ = ["BUNDLED_MODEL", "CUSTOM_PIPELINE", "__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,3 +41,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_pretrained_atomically(obj, output_dir: str | os.PathLike, merge: bool = False) -> None:
+    """`obj.save_pretrained` into a temporary folder beside `output_dir`, then moved into place by renames.
+
+    Args:
+        obj: A diffusers model or pipeline (anything with `save_pretrained(folder, safe_serialization=True)`).
+        output_dir (`str` or `os.PathLike`): The folder.
+        merge (`bool`, defaults to `False`): False replaces `output_dir` as a whole. True keeps its other entries
+            (a training run's checkpoints and logs) and replaces only those saved, the index file (`model_index.json`
+            or `config.json`) last, so that a folder that has one is complete.
+    """
+    output_dir = os.path.abspath(output_dir)
+    parent, name = os.path.split(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
+    try:
+        obj.save_pretrained(tmp, safe_serialization=True)
+        give_normal_permissions(tmp, directory=True)
+        if merge:
+            os.makedirs(output_dir, exist_ok=True)
+            last = ("model_index.json", "config.json")
+            for entry in sorted(os.listdir(tmp), key=lambda e: e in last):
+                _replace(os.path.join(tmp, entry), os.path.join(output_dir, entry))
+        else:
+            _replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace(source: str, target: str) -> None:
+    """Renames `source` to `target`; an existing folder `target` is renamed aside first and removed after."""
+    if os.path.isdir(target) and not os.path.islink(target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=os.path.dirname(target))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(source, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(source, target)

@@ -12,6 +12,7 @@ Without `--model`, the bundled Fashion-MNIST demo model is used. Errors are one 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -70,17 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--num-images", type=positive_int, default=4, help="images per class (default 4)")
     add_sampling_arguments(generate, "dash")
-    parser.generate_parser = generate
     generate.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     generate.add_argument("-o", "--output", required=True, help=f"grid image file ({', '.join(IMAGE_SUFFIXES)})")
+    generate.set_defaults(run=generate_grid)
 
     convert = commands.add_parser(
-        "convert", help="convert an official checkpoint (see `mpdit convert -h`)", add_help=False
+        "convert",
+        help="convert an official checkpoint to a diffusers folder (safetensors)",
+        description="Convert an official MPDiT checkpoint (.pt) to a diffusers model folder (safetensors). The "
+        "config is read from the tensor shapes.",
     )
-    convert.add_argument("args", nargs=argparse.REMAINDER)
+    convert.add_argument("--checkpoint", required=True, help="official .pt checkpoint (or a .safetensors state dict)")
+    convert.add_argument("--output", required=True, help="folder to write (config.json + safetensors)")
+    convert.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights (default ema)")
+    convert.add_argument("--num-heads", type=positive_int, help="attention heads (default: the official presets')")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.add_argument(
+        "--vae", help="AutoencoderKL folder or Hub id (e.g. stabilityai/sd-vae-ft-ema): write a complete pipeline"
+    )
+    convert.set_defaults(run=convert_checkpoint)
 
     labels = commands.add_parser("labels", help="list a model's class ids and names")
     labels.add_argument("model", nargs="?", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled)")
+    labels.set_defaults(run=list_labels)
 
     evaluate = commands.add_parser(
         "evaluate", help="FID, sFID, Inception Score, precision and recall, as the ADM evaluator defines them"
@@ -102,27 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", help="where pool features wait for precision and recall, 8 KB an image (default: system temp)"
     )
     evaluate.add_argument("-o", "--output", help="write the metrics and the weights used as JSON")
+    evaluate.set_defaults(run=evaluate_samples)
+    parser.subcommands = commands.choices
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["convert"]:
-        from .convert import main as convert_main
-
-        return convert_main(argv[1:], prog="mpdit convert")
     args = parser.parse_args(argv)
+    command = parser.subcommands[args.command]
     try:
-        if args.command == "labels":
-            return list_labels(args)
-        if args.command == "evaluate":
-            return evaluate(args)
-        return generate(args, parser.generate_parser)
+        return args.run(args, command)
     except CommandError as error:
-        parser.exit(2, f"mpdit {args.command}: error: {error}\n")
+        command.exit(2, f"{command.prog}: error: {error}\n")
     except KeyboardInterrupt:
-        parser.exit(130, "mpdit: interrupted\n")
+        command.exit(130, f"{command.prog}: interrupted\n")
     except BrokenPipeError:  # e.g. `mpdit labels | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -135,15 +142,38 @@ def open_pipeline(model: str, device: str | None = None, dtype: str = "float32")
         raise CommandError(str(error)) from None
 
 
-def list_labels(args) -> int:
-    pipe = open_pipeline(args.model)
-    num_classes = pipe.transformer.config.num_classes
-    if not pipe.id2label:
-        print(f"{args.model} has {num_classes} classes (ids 0-{num_classes - 1}) and no names")
+def list_labels(args, command) -> int:
+    """Reads the model's `model_index.json` and transformer config (downloading only those two files for a Hub id):
+    listing names needs neither torch nor the weights."""
+    model = args.model
+    if os.path.isdir(os.path.expanduser(model)):
+        folder = os.path.expanduser(model)
+        files = {name: os.path.join(folder, name) for name in ("model_index.json", "transformer/config.json")}
+        for name, path in files.items():
+            if not os.path.isfile(path):
+                raise CommandError(f"model {model!r}: no file named {name} in this folder (not a pipeline folder)")
+    else:
+        files = download_configs(model)
+    with open(files["model_index.json"]) as f:
+        id2label = {int(k): v for k, v in (json.load(f).get("id2label") or {}).items()}
+    with open(files["transformer/config.json"]) as f:
+        num_classes = json.load(f)["num_classes"]
+    if not id2label:
+        print(f"{model} has {num_classes} classes (ids 0-{num_classes - 1}) and no names")
         return 0
     for class_id in range(num_classes):
-        print(f"{class_id}\t{pipe.id2label.get(class_id, '')}")
+        print(f"{class_id}\t{id2label.get(class_id, '')}")
     return 0
+
+
+def download_configs(repo_id: str) -> dict[str, str]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return {name: hf_hub_download(repo_id, name) for name in ("model_index.json", "transformer/config.json")}
+    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as error:
+        raise CommandError(f"model {repo_id!r}: cannot read it: {one_line(error)}") from None
 
 
 def resolve_classes(pipe, values: list[str] | None) -> list[int]:
@@ -152,28 +182,14 @@ def resolve_classes(pipe, values: list[str] | None) -> list[int]:
         if num_classes > MAX_DEFAULT_CLASSES:
             raise CommandError(f"this model has {num_classes} classes: choose some with --class (see `mpdit labels`)")
         return list(range(num_classes))
-    ids = []
-    for value in values:
-        if value.strip().lstrip("-").isdigit():
-            class_id = int(value)
-            if not 0 <= class_id < num_classes:
-                raise CommandError(f"--class {value}: ids run from 0 to {num_classes - 1}")
-            ids.append(class_id)
-            continue
-        try:
-            ids.append(pipe.get_label_ids(value)[0])
-        except ValueError as error:
-            raise CommandError(
-                str(error)
-                .replace("`class_labels` got", "--class:")
-                .replace("`class_labels`", "--class")
-                .replace(" See `pipe.labels`.", " See `mpdit labels`.")
-            ) from None
-    return ids
+    try:
+        return pipe.class_names.ids(values, allow_null=False, parse_digits=True)
+    except ValueError as error:
+        raise CommandError(f"--class: {error} (see `mpdit labels`)") from None
 
 
-def generate(args, parser: argparse.ArgumentParser) -> int:
-    config = SamplingConfig.from_args(args, parser)
+def generate_grid(args, command: argparse.ArgumentParser) -> int:
+    config = SamplingConfig.from_args(args, command)
     if not args.output.lower().endswith(IMAGE_SUFFIXES):
         raise CommandError(f"-o {args.output!r}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -185,7 +201,7 @@ def generate(args, parser: argparse.ArgumentParser) -> int:
     class_ids = resolve_classes(pipe, args.classes)
     requests = [class_id for class_id in class_ids for _ in range(args.num_images)]
     try:
-        config.check_image_count(len(requests), parser.sampling_flags)
+        config.check_image_count(len(requests), command.sampling_flags)
     except ValueError as error:
         raise CommandError(str(error)) from None
     call = config.call_kwargs(pipe)
@@ -229,9 +245,7 @@ def labelled_grid(images: list, row_names: list[str], columns: int):
     return grid
 
 
-def evaluate(args) -> int:
-    import json
-
+def evaluate_samples(args, command) -> int:
     from .evaluation.adm import evaluate as adm_evaluate
     from .evaluation.batches import open_images
     from .evaluation.inception import InceptionV3Features
@@ -278,6 +292,25 @@ def evaluate(args) -> int:
     print(
         f"({metrics['num_samples']} samples, {metrics['num_reference']} reference images, reference statistics "
         f"{metrics['reference_statistics']}; Inception {extractor.weights['inception']})"
+    )
+    return 0
+
+
+def convert_checkpoint(args, command) -> int:
+    from .convert import ConversionError
+    from .convert import convert_checkpoint as convert
+    from .pipelines import MPDiTPipeline
+
+    try:
+        converted = convert(args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite, vae=args.vae)
+    except (ConversionError, FileNotFoundError, FileExistsError, ValueError, OSError) as error:
+        raise CommandError(one_line(error)) from None
+    model = converted.transformer if isinstance(converted, MPDiTPipeline) else converted
+    config = model.config
+    print(
+        f"Converted {len(config.patch_sizes)}-level MPDiT (patch sizes {list(config.patch_sizes)}, depths "
+        f"{list(config.depths)}, width {model.hidden_size}, {model.num_parameters() / 1e6:.3f}M parameters) "
+        f"to {'a pipeline folder ' if args.vae else ''}{args.output}"
     )
     return 0
 

@@ -1,7 +1,7 @@
 """Convert official MPDiT checkpoints (GitHub quandao10/MPDiT) to diffusers format, and back.
 
-    python -m diffusers_mpdit.convert --checkpoint official.pt --output DIR [--weights ema|model] [--num-heads N]
-                                      [--vae stabilityai/sd-vae-ft-ema]
+    mpdit convert --checkpoint official.pt --output DIR [--weights ema|model] [--num-heads N]
+                  [--vae stabilityai/sd-vae-ft-ema]          (or: python -m diffusers_mpdit.convert ...)
 
 The official `.pt` holds a dict with `"model"`, `"ema"`, `"opt"` and `"args"`; sampling uses `"ema"`. The model config
 (family, width, depths, classes, class tokens, time embedding, skip, "joint" outputs, latent size) is read from the
@@ -16,9 +16,7 @@ import argparse
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,11 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from .atomic import give_normal_permissions
+from .atomic import save_pretrained_atomically
 from .data import imagenet1k_id2label
 from .models.embeddings import get_2d_sincos_pos_embed_grid
 from .models.transformer_mpdit import MPDiTTransformer2DModel
-from .pipelines.pipeline_mpdit import MPDiTPipeline, default_scheduler
+from .pipelines import MPDiTPipeline, default_scheduler
 
 WEIGHTS_CHOICES = ("ema", "model")
 
@@ -349,10 +347,10 @@ def convert_checkpoint(
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.eval()
     if vae is None:
-        save_atomically(model, output_dir)
+        save_pretrained_atomically(model, output_dir)
         return model
     pipeline = assemble_pipeline(model, vae)
-    save_atomically(pipeline, output_dir)
+    save_pretrained_atomically(pipeline, output_dir)
     return pipeline
 
 
@@ -386,62 +384,7 @@ def assemble_pipeline(
     return MPDiTPipeline(transformer=transformer, vae=vae.eval(), scheduler=default_scheduler(), id2label=id2label)
 
 
-def save_atomically(model: MPDiTTransformer2DModel | MPDiTPipeline, output_dir: Path) -> None:
-    """`save_pretrained` into a temporary sibling folder, then rename it to `output_dir`."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        give_normal_permissions(tmp, directory=True)
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output_dir.rename(old)
-            tmp.rename(output_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+if __name__ == "__main__":  # `python -m diffusers_mpdit.convert` is `mpdit convert`
+    from .cli import main
 
-
-def build_parser(prog: str = "python -m diffusers_mpdit.convert") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Convert an official MPDiT checkpoint (.pt) to a diffusers model folder (safetensors).",
-    )
-    parser.add_argument("--checkpoint", required=True, help="official .pt checkpoint")
-    parser.add_argument("--output", required=True, help="folder to write (config.json + safetensors)")
-    parser.add_argument("--weights", choices=WEIGHTS_CHOICES, default="ema", help="which weights to convert")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads (default: official presets)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument(
-        "--vae",
-        default=None,
-        help="AutoencoderKL folder or Hub id (e.g. stabilityai/sd-vae-ft-ema): write a complete pipeline folder",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m diffusers_mpdit.convert") -> int:
-    args = build_parser(prog).parse_args(argv)
-    try:
-        converted = convert_checkpoint(
-            args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite, vae=args.vae
-        )
-    except (ConversionError, FileNotFoundError, FileExistsError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    model = converted.transformer if isinstance(converted, MPDiTPipeline) else converted
-    config = model.config
-    print(
-        f"Converted {len(config.patch_sizes)}-level MPDiT (patch sizes {list(config.patch_sizes)}, depths "
-        f"{list(config.depths)}, width {model.hidden_size}, {model.num_parameters() / 1e6:.3f}M parameters) "
-        f"to {'a pipeline folder ' if args.vae else ''}{args.output}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["convert", *sys.argv[1:]]))

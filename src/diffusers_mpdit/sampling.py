@@ -32,23 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from diffusers import (
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .pipelines.guidance import check_guidance_interval, check_guidance_scale
-from .pipelines.pipeline_mpdit import official_euler_sigmas
-from .schedulers.scheduling_flow_match_euler_maruyama import (
-    DIFFUSION_FORMS,
-    FlowMatchEulerMaruyamaScheduler,
-    check_diffusion_form,
-    check_last_step_size,
-)
+from .schedulers.diffusion import DIFFUSION_FORMS, check_diffusion_form, check_last_step_size
 
 # Image files the front ends write and the evaluator reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -72,51 +58,68 @@ _PLAIN_EULER = {
 
 @dataclass(frozen=True)
 class Sampler:
-    """A sampler by name: how to build its scheduler and how many time points it needs."""
+    """A sampler by name: how to build its scheduler, and how many time points it needs."""
 
     description: str
-    build: Callable[[Mapping[str, Any], SamplingConfig], SchedulerMixin]
+    build: Callable[[Mapping[str, Any], SamplingConfig], Any]
     min_steps: int = 1
 
 
-# UniPC and DPM-Solver need flow sigmas and flow prediction to sample a velocity model.
+# Schedulers are imported when a sampler is built, so that the command line starts without diffusers.
+def _euler(config: Mapping[str, Any], sampling: SamplingConfig, **overrides: Any):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
+
+
+def _heun(config: Mapping[str, Any], sampling: SamplingConfig):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    return FlowMatchHeunDiscreteScheduler.from_config(config)
+
+
+def _multistep(name: str) -> Callable[[Mapping[str, Any], SamplingConfig], Any]:
+    def build(config: Mapping[str, Any], sampling: SamplingConfig):
+        import diffusers
+
+        # UniPC and DPM-Solver need flow sigmas and flow prediction to sample a velocity model.
+        return getattr(diffusers, name).from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction")
+
+    return build
+
+
+def _sde(config: Mapping[str, Any], sampling: SamplingConfig):
+    from .schedulers.scheduling_flow_match_euler_maruyama import FlowMatchEulerMaruyamaScheduler
+
+    return FlowMatchEulerMaruyamaScheduler.from_config(
+        config,
+        diffusion_form=sampling.diffusion_form,
+        diffusion_norm=sampling.diffusion_norm,
+        last_step_size=sampling.last_step_size,
+    )
+
+
 SAMPLERS: dict[str, Sampler] = {
-    "euler": Sampler("Euler", lambda c, _: FlowMatchEulerDiscreteScheduler.from_config(c)),
-    "euler-stochastic": Sampler(
-        "Euler, re-noised each step",
-        lambda c, _: FlowMatchEulerDiscreteScheduler.from_config(c, stochastic_sampling=True),
-    ),
-    "heun": Sampler("Heun", lambda c, _: FlowMatchHeunDiscreteScheduler.from_config(c)),
-    "unipc": Sampler(
-        "UniPC",
-        lambda c, _: UniPCMultistepScheduler.from_config(c, use_flow_sigmas=True, prediction_type="flow_prediction"),
-    ),
-    "dpm-solver": Sampler(
-        "DPM-Solver++",
-        lambda c, _: DPMSolverMultistepScheduler.from_config(
-            c, use_flow_sigmas=True, prediction_type="flow_prediction"
-        ),
-    ),
-    "ode": Sampler(
-        "the official ODE sampler", lambda c, _: FlowMatchEulerDiscreteScheduler.from_config(c, **_PLAIN_EULER), 2
-    ),
-    "sde": Sampler(
-        "the official SDE sampler",
-        lambda c, s: FlowMatchEulerMaruyamaScheduler.from_config(
-            c, diffusion_form=s.diffusion_form, diffusion_norm=s.diffusion_norm, last_step_size=s.last_step_size
-        ),
-        2,
-    ),
+    "euler": Sampler("Euler", _euler),
+    "euler-stochastic": Sampler("Euler, re-noised each step", lambda c, s: _euler(c, s, stochastic_sampling=True)),
+    "heun": Sampler("Heun", _heun),
+    "unipc": Sampler("UniPC", _multistep("UniPCMultistepScheduler")),
+    "dpm-solver": Sampler("DPM-Solver++", _multistep("DPMSolverMultistepScheduler")),
+    "ode": Sampler("the official ODE sampler", lambda c, s: _euler(c, s, **_PLAIN_EULER), 2),
+    "sde": Sampler("the official SDE sampler", _sde, 2),
 }
 
 
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of image `index` of a run with `seed`: on the CPU, so the noise is the same on every device.
+def image_generator(seed: int, index: int):
+    """The `torch.Generator` of image `index` of a run with `seed`: on the CPU, so the noise is the same on every
+    device.
 
     Args:
         seed (`int`): The run's seed.
         index (`int`): The image's index in the run.
     """
+    import torch
+
     return torch.Generator("cpu").manual_seed(seed + index)
 
 
@@ -150,6 +153,8 @@ def fid_class_labels(num_samples: int, num_classes: int, mode: str = "balanced",
 
 def default_device() -> str:
     """The accelerator torch finds (cuda, mps, xpu, ...), else `"cpu"`."""
+    import torch
+
     return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
 
 
@@ -238,13 +243,16 @@ class SamplingConfig:
             raise ValueError(f"{name} must be at most 2**32 - {count} for {count} images, got {self.seed}")
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self):
+        """`dtype` as a `torch.dtype`."""
+        import torch
+
         return getattr(torch, self.dtype)
 
     def resolved_device(self) -> str:
         return self.device or default_device()
 
-    def make_scheduler(self, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    def make_scheduler(self, base_config: Mapping[str, Any]):
         """The sampler's scheduler, built from a scheduler config (the model's own, to keep its training settings).
 
         Args:
@@ -260,12 +268,14 @@ class SamplingConfig:
         Args:
             pipe (`MPDiTPipeline`): The pipeline, for its saved guidance defaults.
         """
+        from .pipelines.timesteps import official_euler_sigmas
+
         self.validate()
         scale, interval = pipe.resolve_guidance(self.guidance_scale, self.guidance_interval)
         grid = {"sigmas": official_euler_sigmas(self.steps)} if self.scheduler == "ode" else {}
         return {"num_inference_steps": self.steps, **grid, "guidance_scale": scale, "guidance_interval": interval}
 
-    def generators(self, indices: Iterable[int]) -> list[torch.Generator]:
+    def generators(self, indices: Iterable[int]) -> list:
         """One generator per image index (`image_generator(seed, index)`)."""
         return [image_generator(self.seed, index) for index in indices]
 
@@ -454,6 +464,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
         device (`str`, *optional*): Where to put it; None: `default_device()`.
         dtype (`str`): One of `DTYPES`.
     """
+    import torch
     from diffusers.utils import logging as diffusers_logging
 
     from .pipelines import MPDiTPipeline

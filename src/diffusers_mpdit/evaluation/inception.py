@@ -86,6 +86,12 @@ def resize_like_tensorflow(images: torch.Tensor, size: int) -> torch.Tensor:
     return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def spatial_features(conv: torch.Tensor) -> torch.Tensor:
+    """sFID's features from `mixed_6/conv` `(N, C, H, W)`: its first `SPATIAL_CHANNELS` channels, flattened in
+    TensorFlow's (h, w, c) order, so that ADM's precomputed `mu_s` and `sigma_s` apply."""
+    return conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+
+
 class InceptionV3Features(nn.Module):
     """Pool (FID, precision, recall), spatial (sFID) and softmax (IS) features of the TF-2015 Inception-v3.
 
@@ -172,7 +178,7 @@ class InceptionV3Features(nn.Module):
         spatial = None
         for name, layer in self.layers.named_children():
             if name == "mixed_6":
-                spatial = layer.conv(x)[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+                spatial = spatial_features(layer.conv(x))
             x = layer(x)
         features = {"pool": x.flatten(1), "spatial": spatial}
         if self.has_softmax:

@@ -5,89 +5,29 @@ This module path is recorded in saved pipelines' `model_index.json`: never move 
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
-from diffusers.schedulers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
+from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..hub import HubMixin
 from ..models.transformer_mpdit import MPDiTTransformer2DModel
 from ..training.latents import denormalize_latents
+from .class_names import ClassNames
 from .guidance import check_guidance_interval, check_guidance_scale
+from .timesteps import calculate_shift, retrieve_timesteps
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-# Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.retrieve_timesteps: every diffusers
-# module that defines it also imports transformers, which MPDiT does not otherwise need.
-def retrieve_timesteps(
-    scheduler: SchedulerMixin,
-    num_inference_steps: int | None = None,
-    device: str | torch.device | None = None,
-    timesteps: list[int] | None = None,
-    sigmas: list[float] | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, int]:
-    """Calls `scheduler.set_timesteps` (with custom `timesteps` or `sigmas` where it accepts them) and returns the
-    timesteps and their count."""
-    if timesteps is not None and sigmas is not None:
-        raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
-    if timesteps is not None:
-        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(
-                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
-                f" timestep schedules. Please check whether you are using the correct scheduler."
-            )
-        scheduler.set_timesteps(timesteps=timesteps, device=device, **kwargs)
-        timesteps = scheduler.timesteps
-        num_inference_steps = len(timesteps)
-    elif sigmas is not None:
-        if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(
-                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
-                f" sigmas schedules. Please check whether you are using the correct scheduler."
-            )
-        scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
-        timesteps = scheduler.timesteps
-        num_inference_steps = len(timesteps)
-    else:
-        scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
-        timesteps = scheduler.timesteps
-    return timesteps, num_inference_steps
-
-
-def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.15) -> float:
-    """Resolution-dependent shift `mu` for schedulers with `use_dynamic_shifting` (as in diffusers' SD3/Flux)."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + base_shift - m * base_seq_len
-
-
-def _flatten(labels: Any) -> list:
-    if isinstance(labels, (str, int, np.integer)) or not isinstance(labels, (Sequence, np.ndarray)):
-        return [labels]
-    return [item for label in labels for item in _flatten(label)]
-
-
-def official_euler_sigmas(num_points: int = 250) -> np.ndarray:
-    """`sigmas=` that make `FlowMatchEulerDiscreteScheduler` (shift 1) run the official ODE sampler exactly.
-
-    The official sampler takes Euler steps over `linspace(1, 0, num_points)`; the scheduler appends the final 0 itself.
-    """
-    return np.linspace(1.0, 0.0, num_points)[:-1]
-
-
-class MPDiTPipeline(DiffusionPipeline):
+class MPDiTPipeline(HubMixin, DiffusionPipeline):
     r"""Class-conditional image generation with MPDiT.
 
     Args:
@@ -130,130 +70,26 @@ class MPDiTPipeline(DiffusionPipeline):
             default_guidance_scale=default_guidance_scale,
             default_guidance_interval=None if default_guidance_interval is None else list(default_guidance_interval),
         )
-        self._label_to_ids: dict[str, list[int]] = {}
-        for class_id, names in sorted(self.id2label.items()):
-            for name in (n.strip() for n in names.split(",")):
-                if name and class_id not in self._label_to_ids.setdefault(name, []):
-                    self._label_to_ids[name].append(class_id)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MPDiTPipeline:
-        """Loads from a local folder or a Hub repo id.
-
-        diffusers 0.42 cannot resolve components of a third-party library from a repo id, so a repo id is first
-        downloaded with `huggingface_hub.snapshot_download` (honouring `revision`, `cache_dir`, `token`,
-        `local_files_only`, `force_download` and `proxies`) and then loaded as a folder. Other keyword arguments
-        (`dtype`, `variant`, `device_map`, ...) go to [`DiffusionPipeline.from_pretrained`].
-        """
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            from huggingface_hub import constants, snapshot_download
-            from huggingface_hub.errors import HfHubHTTPError
-
-            hub_keys = ("revision", "cache_dir", "token", "force_download", "proxies")
-            hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
-            try:
-                path = snapshot_download(path, local_files_only=kwargs.get("local_files_only", False), **hub_kwargs)
-            except HfHubHTTPError as error:
-                status = error.response.status_code if error.response is not None else "?"
-                raise OSError(
-                    f"Could not download {path!r} from {constants.ENDPOINT} (HTTP {status}). Check the repo id, and for "
-                    f"a private repo pass a valid `token` (or log in with `hf auth login`). The Hub said: "
-                    f"{str(error).splitlines()[0]}"
-                ) from error
-        return super().from_pretrained(path, **kwargs)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-        card_template: str | None = None,
-        card_values: dict[str, Any] | None = None,
-        extra_files: dict[str, str] | None = None,
-    ) -> Any:
-        """Saves the pipeline (safetensors) and uploads it with a model card rendered from `hub_cards/`.
-
-        Args:
-            repo_id (`str`): `namespace/name`, or a name in the token owner's namespace.
-            commit_message (`str`, *optional*): Defaults to "Upload MPDiTPipeline".
-            private (`bool`, *optional*): Create the repo as private (ignored if it exists).
-            token (`str`, *optional*): A write token; defaults to the logged-in one.
-            create_pr (`bool`, defaults to `False`): Open a pull request instead of committing to main.
-            safe_serialization (`bool`, defaults to `True`): Write safetensors.
-            variant (`str`, *optional*): Weight file variant, e.g. `"fp16"` (cast the pipeline first).
-            card_template (`str`, *optional*): A template of `diffusers_mpdit.hub_cards.TEMPLATES`; by default the
-                published configuration the pipeline matches, else the generic `"mpdit"` card.
-            card_values (`dict`, *optional*): Values for the template, over those read from the pipeline.
-            extra_files (`dict[str, str]`, *optional*): More files to upload, `{path in repo: local path}` (e.g. a
-                sample grid the card shows).
-
-        Returns:
-            The `CommitInfo` of the upload.
-        """
-        from huggingface_hub import create_repo
-
-        from ..hub_cards import card_template_for, default_card_values, render_model_card
-
-        template = card_template or card_template_for(self)
-
-        def card_for(name: str):
-            return render_model_card(template, **{**default_card_values(self, name), **(card_values or {})})
-
-        # A card that cannot be rendered, or whose metadata the Hub rejects, must fail before the repo is created.
-        card_for(repo_id).validate()
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        card = card_for(repo_id)
-        with tempfile.TemporaryDirectory() as tmpdir:
-            self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
-            card.save(os.path.join(tmpdir, "README.md"))
-            for path_in_repo, local_path in (extra_files or {}).items():
-                os.makedirs(os.path.dirname(os.path.join(tmpdir, path_in_repo)), exist_ok=True)
-                shutil.copyfile(local_path, os.path.join(tmpdir, path_in_repo))
-            return self._upload_folder(
-                tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
-            )
+    @property
+    def class_names(self) -> ClassNames:
+        """The classes' names and ids ([`ClassNames`])."""
+        return ClassNames(self.id2label, self.transformer.config.num_classes)
 
     @property
     def labels(self) -> dict[str, int]:
-        """Every class name (each comma-separated synonym) and its id; an ambiguous name maps to its first id."""
-        return {name: ids[0] for name, ids in sorted(self._label_to_ids.items())}
+        """Every class name (each comma-separated synonym) and its id, as DiTPipeline's `labels`."""
+        return self.class_names.labels
 
     def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
-        """Maps class names to ids, exactly or, failing that, ignoring case.
+        """Maps class names to ids, exactly or, failing that, ignoring case (see [`ClassNames`]).
 
         Args:
             label (`str` or `list[str]`): Class names, any synonym from `id2label`.
-
-        Raises:
-            ValueError: for an unknown name (listing the closest known names) or a name shared by several classes.
         """
-        labels = [label] if isinstance(label, str) else list(label)
-        return [self._label_id(name) for name in labels]
-
-    def _label_id(self, name: str) -> int:
-        ids = self._label_to_ids.get(name)
-        if ids is None:
-            folded = {k.casefold(): v for k, v in self._label_to_ids.items()}
-            ids = folded.get(name.casefold())
-        if ids is None:
-            if not self._label_to_ids:
-                raise ValueError(
-                    f"`class_labels` got the name {name!r}, but this pipeline has no `id2label`; pass class ids."
-                )
-            close = difflib.get_close_matches(name, list(self._label_to_ids), n=5, cutoff=0.5)
-            hint = f" Closest names: {', '.join(repr(c) for c in close)}." if close else ""
-            raise ValueError(f"`class_labels` got the unknown class name {name!r}.{hint} See `pipe.labels`.")
-        if len(ids) > 1:
-            options = "; ".join(f"{i} ({self.id2label[i]})" for i in ids)
-            raise ValueError(f"`class_labels` name {name!r} is ambiguous: it names classes {options}. Pass the id.")
-        return ids[0]
+        return [self.class_names.id(name) for name in ([label] if isinstance(label, str) else label)]
 
     @property
     def guidance_scale(self) -> float:
@@ -311,23 +147,14 @@ class MPDiTPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"`class_labels` must be class ids (integers) or names, got dtype {class_labels.dtype}."
                 )
-            ids = class_labels.reshape(-1).long().cpu()
-        else:
-            ids = torch.tensor([self._one_class_id(c) for c in _flatten(class_labels)], dtype=torch.long)
-        if ids.numel() == 0:
+            class_labels = class_labels.reshape(-1).tolist()
+        try:
+            ids = ClassNames(self.id2label, num_classes).ids(class_labels)
+        except ValueError as error:
+            raise ValueError(f"`class_labels`: {error}. See `pipe.labels`.") from None
+        if not ids:
             raise ValueError("`class_labels` is empty.")
-        if ((ids < 0) | (ids > num_classes)).any():
-            raise ValueError(
-                f"`class_labels` must be in [0, {num_classes}] ({num_classes} is the null class), got {ids.tolist()}."
-            )
-        return ids
-
-    def _one_class_id(self, label: Any) -> int:
-        if isinstance(label, str):
-            return self._label_id(label)
-        if isinstance(label, (bool, float)) or not isinstance(label, (int, np.integer)):
-            raise ValueError(f"`class_labels` must hold class ids (integers) or names, got {label!r}.")
-        return int(label)
+        return torch.tensor(ids, dtype=torch.long)
 
     def check_inputs(
         self,
@@ -539,8 +366,3 @@ class MPDiTPipeline(DiffusionPipeline):
             self.vae.to(torch.float32)
             dtype = torch.float32
         return self.vae.decode(latents.to(dtype), return_dict=False)[0]
-
-
-def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """The scheduler MPDiT pipelines ship with: Euler, shift 1 (the official sampler's time grid)."""
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)

@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "decreasing", "increasing-decreasing")
+from .diffusion import check_diffusion_form, check_last_step_size, diffusion_coefficient
 
 
 @dataclass
@@ -28,20 +28,6 @@ class FlowMatchEulerMaruyamaSchedulerOutput(BaseOutput):
     """
 
     prev_sample: torch.Tensor
-
-
-def check_diffusion_form(value: str, name: str = "`diffusion_form`") -> str:
-    """Returns `value` if it is one of `DIFFUSION_FORMS`, else raises a ValueError naming `name`."""
-    if value not in DIFFUSION_FORMS:
-        raise ValueError(f"{name} must be one of {', '.join(DIFFUSION_FORMS)}; got {value!r}.")
-    return value
-
-
-def check_last_step_size(value: float, name: str = "`last_step_size`") -> float:
-    """Returns `value` if it lies in (0, 0.5), the sizes that keep the time grid decreasing, else raises."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value < 0.5:
-        raise ValueError(f"{name} must be a number in (0, 0.5), got {value!r}.")
-    return float(value)
 
 
 class FlowMatchEulerMaruyamaScheduler(SchedulerMixin, ConfigMixin):
@@ -160,16 +146,7 @@ class FlowMatchEulerMaruyamaScheduler(SchedulerMixin, ConfigMixin):
         Args:
             t (`float`): Flow time in (0, 1).
         """
-        form, norm = self.config.diffusion_form, self.config.diffusion_norm
-        if form == "constant":
-            return norm
-        if form == "SBDM":
-            return norm * t / (1 - t)
-        if form == "sigma":
-            return norm * t
-        if form == "decreasing":
-            return 0.25 * (norm * math.cos(math.pi * (1 - t)) + 1) ** 2
-        return norm * math.sin(math.pi * (1 - t)) ** 2
+        return diffusion_coefficient(self.config.diffusion_form, t, self.config.diffusion_norm)
 
     def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
         """The grid index of `timestep` (one of `timesteps`)."""

@@ -1,6 +1,16 @@
-"""Helpers shared by the pipeline, the training examples and the tests."""
+"""Training helpers shared by the example scripts and the tests: data, the flow-matching objective, latent
+normalisation and caches, checkpoints."""
 
-from .data import center_crop_arr, image_to_tensor, pad_to
+from .checkpoints import CHECKPOINT_FILES, check_checkpoint, list_checkpoints, save_checkpoint
+from .data import (
+    EpochSampler,
+    ImageTransform,
+    center_crop_arr,
+    collate,
+    image_to_tensor,
+    load_image_dataset,
+    pad_to,
+)
 from .flow_matching import (
     WEIGHTING_SCHEMES,
     drop_class_labels,
@@ -12,15 +22,23 @@ from .latent_cache import LatentCacheDataset
 from .latents import denormalize_latents, normalize_latents
 
 __all__ = [
+    "CHECKPOINT_FILES",
     "WEIGHTING_SCHEMES",
+    "EpochSampler",
+    "ImageTransform",
     "LatentCacheDataset",
     "center_crop_arr",
+    "check_checkpoint",
+    "collate",
     "denormalize_latents",
     "drop_class_labels",
     "flow_matching_loss",
     "image_to_tensor",
+    "list_checkpoints",
+    "load_image_dataset",
     "normalize_latents",
     "pad_to",
     "sample_flow_times",
+    "save_checkpoint",
     "step_generator",
 ]

@@ -45,3 +45,99 @@ def pad_to(image: Image.Image, size: int) -> Image.Image:
     canvas = Image.new(image.mode, (size, size))
     canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
     return canvas
+
+
+def load_image_dataset(
+    train_data_dir: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    label_column: str = "label",
+    max_samples: int | None = None,
+):
+    """A labelled image set as a `datasets.Dataset` with `image` and `label` columns, and its `id2label`.
+
+    Args:
+        train_data_dir (`str`, *optional*): An imagefolder: one subfolder of images per class.
+        dataset_name (`str`, *optional*): A `datasets` dataset, by name or local path (give this or the folder).
+        dataset_config_name (`str`, *optional*): Its configuration.
+        split (`str`): Its split.
+        image_column (`str`): Its image column.
+        label_column (`str`): Its label column; a `ClassLabel` gives the class names.
+        max_samples (`int`, *optional*): Keep only the first this many.
+    """
+    from datasets import load_dataset
+
+    if bool(train_data_dir) == bool(dataset_name):
+        raise ValueError("give exactly one of `train_data_dir` and `dataset_name`")
+    if train_data_dir:
+        dataset = load_dataset("imagefolder", data_dir=train_data_dir, split="train")
+        image_column, label_column = "image", "label"
+    else:
+        dataset = load_dataset(dataset_name, dataset_config_name, split=split)
+    for column, name in ((image_column, "image_column"), (label_column, "label_column")):
+        if column not in dataset.column_names:
+            raise ValueError(f"--{name} {column!r} is not a column of the dataset; it has {dataset.column_names}.")
+    feature = dataset.features[label_column]
+    if hasattr(feature, "names"):
+        id2label = dict(enumerate(feature.names))
+    else:
+        id2label = {int(i): str(i) for i in sorted(set(dataset[label_column]))}
+    if max_samples:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    columns = {image_column: "image", label_column: "label"}
+    return dataset.select_columns([image_column, label_column]).rename_columns(columns), id2label
+
+
+class ImageTransform:
+    """PIL -> ADM centre crop (or padding) -> tensor in [-1, 1], for `datasets`' `with_transform`; picklable for
+    dataloader workers.
+
+    Args:
+        resolution (`int`): Output side.
+        channels (`int`): 1 (greyscale) or 3 (RGB).
+        preprocessing (`str`): `center_crop` (ADM's) or `pad` (black borders, e.g. 28 -> 32).
+    """
+
+    def __init__(self, resolution: int, channels: int, preprocessing: str):
+        if preprocessing not in ("center_crop", "pad"):
+            raise ValueError(f"`preprocessing` must be 'center_crop' or 'pad', got {preprocessing!r}.")
+        self.resolution, self.channels, self.preprocessing = resolution, channels, preprocessing
+
+    def __call__(self, batch: dict) -> dict:
+        prepare = pad_to if self.preprocessing == "pad" else center_crop_arr
+        images = [prepare(image, self.resolution) for image in batch["image"]]
+        return {"pixels": [image_to_tensor(image, self.channels) for image in images], "label": batch["label"]}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation per epoch determined by (seed, epoch) alone: the data order survives restarts and world sizes.
+
+    Args:
+        size (`int`): Dataset length.
+        seed (`int`): The run's seed.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        from .flow_matching import step_generator
+
+        return iter(torch.randperm(self.size, generator=step_generator(self.seed, -1, self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stacks `pixels` (images) or `mean`/`std` (a latent cache) and the labels of a list of examples."""
+    batch = {"label": torch.tensor([int(e["label"]) for e in examples])}
+    for key in ("pixels", "mean", "std"):
+        if key in examples[0]:
+            batch[key] = torch.stack([e[key] for e in examples])
+    return batch

@@ -1,0 +1,76 @@
+"""Training checkpoints: Accelerate's full state, written under a temporary name and renamed, checked before resuming,
+pruned to a limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINT_FILES = (
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "transformer_ema/config.json",
+    "transformer_ema/diffusion_pytorch_model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "training_state.json",
+)
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` folders of a run, by step number."""
+    found = [
+        p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint's `training_state.json` (`global_step`, `train_seconds`), or an error naming what is missing.
+
+    Args:
+        path (`str` or `os.PathLike`): A `checkpoint-<step>` folder.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder.")
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if missing:
+        raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
+    state = json.loads((path / "training_state.json").read_text())
+    return {"global_step": int(state["global_step"]), "train_seconds": float(state.get("train_seconds", 0.0))}
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None, train_seconds: float
+):
+    """Saves the full accelerator state as `checkpoint-<step>` under a temporary name and renames it, so that a crash
+    never leaves a broken checkpoint behind; then prunes the oldest beyond `total_limit`. Call on every process.
+
+    Args:
+        accelerator (`accelerate.Accelerator`): The run's accelerator (its save hooks write the model and the EMA).
+        output_dir (`str` or `os.PathLike`): The run's folder.
+        step (`int`): The optimisation step.
+        total_limit (`int`, *optional*): Checkpoints to keep.
+        train_seconds (`float`): Training time so far, recorded for resuming time limits.
+    """
+    output_dir = Path(output_dir)
+    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "training_state.json").write_text(json.dumps({"global_step": step, "train_seconds": train_seconds}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
