@@ -10,7 +10,7 @@
 3. Frechet distances in the classifier's feature space: generated vs real test, and, as the yardstick, the same number
    of class-balanced real training images vs real test.
 
-Targets (issue 5): A_gen >= 0.95 x A_real, and FD(generated, test) <= 3 x FD(train, test).
+The project's quality bar: A_gen >= 0.95 x A_real, and FD(generated, test) <= 3 x FD(train, test).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--classifier_epochs", type=int, default=3, help="the judge's passes over the training split")
     p.add_argument("--judge_seed", type=int, default=0, help="seeds the judge's training and the yardstick's images")
     p.add_argument("--output_json", help="also write the figures here")
+    p.add_argument("--save_judge", help="also save the trained classifier here (ClassifierScorer.save)")
     p.add_argument("--write_card", action="store_true", help="render the model's README.md (hub_cards/mpdit-demo)")
     p.add_argument("--repo_id", default="diffusers-mpdit/mpdit-fashion-mnist", help="the card's Hub id")
     p.add_argument("--card_from_json", help="only render the card, from the --output_json of an earlier run")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     scorer = ClassifierScorer.fit(train, test, epochs=args.classifier_epochs, seed=args.judge_seed)
     reference = scorer.reference(args.num_samples, seed=args.judge_seed, noise_levels=NOISE_LEVELS, half_mirrored=True)
     classifier_minutes = (time.perf_counter() - start) / 60
+    if args.save_judge:
+        scorer.save(args.save_judge)
     start = time.perf_counter()
     generated = scorer.score_pipeline(pipe, args.num_samples, sampling)
     sampling_minutes = (time.perf_counter() - start) / 60

@@ -22,6 +22,7 @@ from accelerate.utils import gather_object
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from diffusers_mpdit.sampling import default_device
 from diffusers_mpdit.training import ImageTransform, collate, load_image_dataset
 from diffusers_mpdit.training.latent_cache import ChannelStatistics, write_index, write_shard
 
@@ -63,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(cpu=default_device() == "cpu", mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         shutil.rmtree(output_dir, ignore_errors=True)  # a half-written cache is never reused

@@ -42,6 +42,7 @@ from diffusers_mpdit.sampling import (
     LABEL_SAMPLING,
     SamplingConfig,
     add_sampling_arguments,
+    default_device,
     fid_class_labels,
     load_pipeline,
 )
@@ -99,7 +100,7 @@ def check_settings(output_dir: str, settings: dict) -> None:
 def main(argv=None) -> None:
     args, config = parse_args(argv)
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
-    state = PartialState(cpu=not torch.accelerator.is_available())
+    state = PartialState(cpu=default_device() == "cpu")
     try:
         pipe = load_pipeline(args.model, str(state.device), config.dtype)
     except ValueError as error:

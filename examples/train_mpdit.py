@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
 from diffusers_mpdit.atomic import save_pretrained_atomically
 from diffusers_mpdit.pipelines import ClassNames
-from diffusers_mpdit.sampling import SamplingConfig
+from diffusers_mpdit.sampling import SamplingConfig, default_device
 from diffusers_mpdit.training import (
     WEIGHTING_SCHEMES,
     EpochSampler,
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
-        cpu=not torch.accelerator.is_available(),
+        cpu=default_device() == "cpu",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
