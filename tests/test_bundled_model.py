@@ -17,8 +17,8 @@ WEIGHTS = Path(BUNDLED_MODEL) / "transformer" / "diffusion_pytorch_model.safeten
 SHA256 = "cdabb3690eeef8600615366e6e916c66bb9ccca0511eda7f925c3395caf9d1a6"
 JUDGE = Path(__file__).parent / "data" / "fashion_mnist_judge.pt"
 # 100 samples, image i of class i % 10 from seed i, at the model's saved guidance, 25 Euler steps. Measured on the
-# released weights: A_gen MEASURED_A, FD MEASURED_FD (the real training split against the test split: MEASURED_REAL at
-# this size). Chance is A_gen 0.1.
+# released weights: A_gen 0.94 and FD 5.1 (100 real training images are at 4.0 from the test split); on a freshly
+# initialised model, 0.09 and 326. Chance is A_gen 0.1.
 SAMPLING = SamplingConfig(steps=25)
 MIN_A_GEN, MAX_FD = 0.8, 10.0
 
