@@ -41,5 +41,7 @@ def test_the_judge_passes_the_bundled_model(judge):
 def test_the_judge_fails_a_freshly_initialised_model_of_the_same_config(judge):
     pipe = MPDiTPipeline.from_pretrained(BUNDLED_MODEL)
     pipe.transformer = MPDiTTransformer2DModel.from_config(pipe.transformer.config).eval()
-    score = judge.score_pipeline(pipe, 100, SAMPLING)
+    # The official initialisation zeroes the output layer: the velocity is 0 and every step leaves the noise as it
+    # is, so one step draws what 25 would.
+    score = judge.score_pipeline(pipe, 100, SamplingConfig(steps=1))
     assert score["A_gen"] < MIN_A_GEN and score["FD"] > MAX_FD, score

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,15 @@ def test_local_hub_speaks_whoami_ranges_and_validate_yaml(hub):
     assert part.headers["Content-Range"] == f"bytes 10-19/{len(full)}"
     head = urllib.request.urlopen(urllib.request.Request(url, method="HEAD"))
     assert head.headers["X-Repo-Commit"] and int(head.headers["Content-Length"]) == len(full)
+
+
+def test_mpdit_labels_reads_only_the_configs_of_a_hub_model(hub):
+    tiny_pipeline().push_to_hub("labels-only", token=ALICE)
+    before = len(hub.requests)
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("mpdit")), "labels", "alice/labels-only"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[:2] == ["0\tT-shirt, top", "1\ttrouser"]
+    fetched = [path for method, path in hub.requests[before:] if "/resolve/" in path]
+    assert fetched and all(path.endswith(("model_index.json", "transformer/config.json")) for path in fetched)

@@ -60,7 +60,6 @@ _PLAIN_EULER = {
 class Sampler:
     """A sampler by name: how to build its scheduler, and how many time points it needs."""
 
-    description: str
     build: Callable[[Mapping[str, Any], SamplingConfig], Any]
     min_steps: int = 1
 
@@ -99,14 +98,15 @@ def _sde(config: Mapping[str, Any], sampling: SamplingConfig):
     )
 
 
+# The module docstring's table says what each runs.
 SAMPLERS: dict[str, Sampler] = {
-    "euler": Sampler("Euler", _euler),
-    "euler-stochastic": Sampler("Euler, re-noised each step", lambda c, s: _euler(c, s, stochastic_sampling=True)),
-    "heun": Sampler("Heun", _heun),
-    "unipc": Sampler("UniPC", _multistep("UniPCMultistepScheduler")),
-    "dpm-solver": Sampler("DPM-Solver++", _multistep("DPMSolverMultistepScheduler")),
-    "ode": Sampler("the official ODE sampler", lambda c, s: _euler(c, s, **_PLAIN_EULER), 2),
-    "sde": Sampler("the official SDE sampler", _sde, 2),
+    "euler": Sampler(_euler),
+    "euler-stochastic": Sampler(lambda c, s: _euler(c, s, stochastic_sampling=True)),
+    "heun": Sampler(_heun),
+    "unipc": Sampler(_multistep("UniPCMultistepScheduler")),
+    "dpm-solver": Sampler(_multistep("DPMSolverMultistepScheduler")),
+    "ode": Sampler(lambda c, s: _euler(c, s, **_PLAIN_EULER), min_steps=2),
+    "sde": Sampler(_sde, min_steps=2),
 }
 
 
@@ -241,16 +241,6 @@ class SamplingConfig:
         if self.seed + count > SEED_LIMIT:
             name = (names or {}).get("seed", "`seed`")
             raise ValueError(f"{name} must be at most 2**32 - {count} for {count} images, got {self.seed}")
-
-    @property
-    def torch_dtype(self):
-        """`dtype` as a `torch.dtype`."""
-        import torch
-
-        return getattr(torch, self.dtype)
-
-    def resolved_device(self) -> str:
-        return self.device or default_device()
 
     def make_scheduler(self, base_config: Mapping[str, Any]):
         """The sampler's scheduler, built from a scheduler config (the model's own, to keep its training settings).
