@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Mutation check: do the tests notice a broken model, sampler, trainer or writer?
 
-    .venv/bin/python scripts/mutation_check.py [--only NAME ...] [--output_json docs/mutation_check.json]
+    .venv/bin/python scripts/mutation_check.py [--only NAME ...] [--output_json scripts/mutation_check.json]
 
 Each mutation changes one line (the bundled weights one replaces the weights file) in a fresh copy of the repository,
-then runs the tests most likely to notice, with that copy first on the import path. A mutation that no test fails is
-a hole in the suite. Slow (each mutation runs its tests in a new process): run it by hand, not in CI.
+then runs the tests most likely to notice, with that copy first on the import path. First the same tests run on an
+unmutated copy and must pass. A mutation that no test fails is a hole in the suite. Slow (each mutation runs its tests in a new process): run it by hand, not in CI.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(
-    ".git", ".venv*", "out", "data", "build", "dist", "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache"
-)
+# What a checkout holds beside the source: left out at the top level only (src/diffusers_mpdit/data is source).
+TOP_LEVEL = {".git", "out", "data", "build", "dist", ".ruff_cache", ".pytest_cache"}
 FRESH_WEIGHTS = "fresh weights"
 
 # name -> (file, the line's text, what replaces it, tests to run)
@@ -103,6 +102,11 @@ MUTATIONS = {
 }
 
 
+def ignore(folder: str, names: list[str]) -> list[str]:
+    top = [n for n in names if Path(folder) == ROOT and (n in TOP_LEVEL or n.startswith(".venv"))]
+    return top + [n for n in names if n == "__pycache__" or n.endswith(".egg-info")]
+
+
 def fresh_weights(path: Path) -> None:
     """Replaces the bundled weights with a freshly initialised model of the same config."""
     from diffusers_mpdit import MPDiTTransformer2DModel
@@ -148,14 +152,26 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(MUTATIONS), help="run only these mutations")
     p.add_argument("--output_json", help="also write the results here")
+    p.add_argument("--skip_control", action="store_true", help="skip the unmutated run of every test first")
     args = p.parse_args(argv)
+    names = args.only or list(MUTATIONS)
+    if not args.skip_control:
+        # The tests must pass on the unmutated copy, or a failure says nothing about a mutation.
+        tests = sorted({test for name in names for test in MUTATIONS[name][3]})
+        with tempfile.TemporaryDirectory(prefix="mpdit-mutation-") as folder:
+            copy = Path(folder) / "repo"
+            shutil.copytree(ROOT, copy, ignore=ignore)
+            passed, summary = run_tests(copy, copy_environment(copy), tests)
+        if not passed:
+            raise SystemExit(f"the unmutated copy fails its tests: {summary}")
+        print(f"control: the unmutated copy passes {len(tests)} test selections", flush=True)
     results = []
-    for name in args.only or MUTATIONS:
+    for name in names:
         file, old, new, tests = MUTATIONS[name]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mpdit-mutation-") as folder:
             copy = Path(folder) / "repo"
-            shutil.copytree(ROOT, copy, ignore=IGNORE)
+            shutil.copytree(ROOT, copy, ignore=ignore)
             env = copy_environment(copy)
             mutate(copy, file, old, new)
             survived, summary = run_tests(copy, env, tests)

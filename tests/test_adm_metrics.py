@@ -289,7 +289,6 @@ def test_streamed_metrics_equal_the_whole_in_memory_computation(tmp_path):
         extractor, open_images(str(tmp_path / "samples.npz")), open_images(str(tmp_path / "real")),
         batch_size=17, block_size=32, save_reference=str(tmp_path / "ref.npz"), workdir=str(tmp_path),
     )  # fmt: skip
-    # Inception Score over splits of 5,000 as ADM, but a split of 100 here exercises the split boundary too.
     expected = in_memory_metrics(extractor, samples, reference)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
@@ -301,9 +300,10 @@ def test_streamed_metrics_equal_the_whole_in_memory_computation(tmp_path):
     with np.load(tmp_path / "ref.npz") as ref:
         np.testing.assert_array_equal(ref["arr_0"], reference)
         features = extractor(reference)["spatial"].double().numpy()
-        np.testing.assert_allclose(ref["sigma_s"], np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12)
+        # Features of batches of 17 against one batch of 170: equal to float32 rounding.
+        np.testing.assert_allclose(ref["sigma_s"], np.cov(features, rowvar=False), rtol=1e-5, atol=1e-9)
     again = evaluate(extractor, open_images(str(tmp_path / "samples.npz")), NpzImages(str(tmp_path / "ref.npz")),
-                     batch_size=50, block_size=1000)  # fmt: skip
+                     batch_size=17, block_size=32)  # fmt: skip
     assert again["reference_statistics"] == "precomputed"
     for name in ("fid", "sfid", "precision", "recall", "inception_score"):
         assert again[name] == pytest.approx(got[name], rel=1e-7, abs=1e-7), name

@@ -36,3 +36,16 @@ def test_cpu_dry_run_of_every_section(tmp_path):
     assert result["attention"]["native"]["images_per_second"] > 0
     assert "unavailable" in result["attention"]["xformers"]
     assert "train MPDiT-XL / DiT-XL/2 images/s, eager" in run.stdout
+
+
+def test_the_flop_counter_gives_the_published_counts():
+    # The MFU's numerator: diffusers' DiT-B/2 costs 23.01 GMACs per 256-px image (the paper: 23.02) and the official
+    # MPDiT-B/4x 16.17, attention included.
+    import torch
+    from benchmark_model import build_dit, count_gmacs
+
+    from diffusers_mpdit import MPDiTTransformer2DModel
+
+    torch.manual_seed(0)
+    assert abs(count_gmacs(build_dit("DiT-B/2").eval(), is_dit=True) - 23.01) < 0.01
+    assert abs(count_gmacs(MPDiTTransformer2DModel.from_preset("MPDiT-B/4x").eval(), is_dit=False) - 16.17) < 0.02

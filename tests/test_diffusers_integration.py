@@ -67,17 +67,27 @@ class _RecordOps(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("backend", ["native", "_native_math", "_native_flash", "flex"])
-def test_every_attention_backend_that_runs_on_cpu_gives_the_default_output(tiny_model, backend):
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+def test_every_attention_backend_that_runs_on_cpu_gives_the_default_output(tiny_model, backend, monkeypatch):
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
     expected = run(tiny_model)
     with _RecordOps(torch.nn.functional.scaled_dot_product_attention) as rec:
         run(tiny_model)
     assert len(rec.calls) == sum(tiny_model.config.depths)  # native SDPA by default
+    # Count the calls of the chosen backend's kernel, so that a processor ignoring the setting fails.
+    name = AttentionBackendName(backend)
+    kernel, calls = _AttentionBackendRegistry._backends[name], []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, name, counted)
     tiny_model.set_attention_backend(backend)
     try:
         assert all(p._attention_backend == backend for p in tiny_model.attn_processors.values())
         torch.testing.assert_close(run(tiny_model), expected, rtol=1e-5, atol=1e-5)
+        assert len(calls) == sum(tiny_model.config.depths)
     finally:
         tiny_model.reset_attention_backend()
         _AttentionBackendRegistry._active_backend = "native"  # reset_attention_backend leaves the global set

@@ -9,14 +9,18 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(
-    ".git", ".venv*", "out", "data", "build", "dist", "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache"
-)
+# What a checkout holds beside the source: left out at the top level only (src/diffusers_mpdit/data is source).
+TOP_LEVEL = {".git", "out", "data", "build", "dist", ".ruff_cache", ".pytest_cache"}
+
+
+def ignore(folder, names):
+    top = [n for n in names if Path(folder) == ROOT and (n in TOP_LEVEL or n.startswith(".venv"))]
+    return top + [n for n in names if n == "__pycache__" or n.endswith(".egg-info")]
 
 
 def test_wheel_ships_the_top_level_hub_cards_and_renders_them_installed(tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=IGNORE)
+    shutil.copytree(ROOT, source, ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)], check=True
@@ -24,10 +28,10 @@ def test_wheel_ships_the_top_level_hub_cards_and_renders_them_installed(tmp_path
     (wheel,) = (tmp_path / "dist").glob("diffusers_mpdit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     templates = sorted(p.name for p in (ROOT / "hub_cards").glob("*.md"))
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("diffusers_mpdit/hub_cards/") and n.endswith(".md"))
     assert {f"diffusers_mpdit/hub_cards/{t}" for t in templates} <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "diffusers_mpdit/bundled/mpdit-fashion-mnist/transformer/diffusion_pytorch_model.safetensors" in names
+    assert "diffusers_mpdit/data/imagenet1k_id2label.json" in names
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True)

@@ -126,17 +126,22 @@ def test_the_entry_point_serves_with_its_queue_limits(tmp_path):
             except Exception:
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
                 time.sleep(0.5)
-        slow = dict(class_id=5, num_images=8, steps=100, guidance=1.5, low=0.0, high=1.0, seed=1, randomize=False)
-        # One generation runs and one waits; with --max-queue 1 a third is turned away.
-        jobs = [client.submit(*slow.values(), "euler", api_name="/generate") for _ in range(3)]
-        errors, results = [], []
-        for job in jobs:
-            try:
-                results.append(job.result(timeout=300))
-            except Exception as error:
-                errors.append(str(error))
-        assert len(errors) == 1 and "queue is full" in errors[0].lower(), errors
-        assert [(len(images), seed) for images, seed in results] == [(8, 1), (8, 1)]
+        slow = dict(class_id=5, num_images=4, steps=60, guidance=1.5, low=0.0, high=1.0, seed=1, randomize=False)
+
+        def submit_and_wait_for(*codes):
+            job = client.submit(*slow.values(), "euler", api_name="/generate")
+            deadline = time.time() + 60
+            while job.status().code.name not in codes:
+                assert time.time() < deadline, (codes, job.status())
+                time.sleep(0.02)
+            return job
+
+        # One generation runs (reporting its progress), one waits; with --max-queue 1 the next is turned away.
+        running, waiting = submit_and_wait_for("PROCESSING", "PROGRESS"), submit_and_wait_for("IN_QUEUE")
+        refused = client.submit(*slow.values(), "euler", api_name="/generate")
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            refused.result(timeout=300)
+        assert [(len(images), seed) for images, seed in (running.result(300), waiting.result(300))] == [(4, 1), (4, 1)]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -470,7 +470,8 @@ def test_ema_after_three_steps_is_the_constant_decay_average(image_folder, tmp_p
     assert any((raw[2][k] - ema[k]).abs().max() > 1e-6 for k in ema)  # it is an average, not the last weights
 
 
-def test_compile_and_bf16_runs_follow_the_eager_float32_loss(image_folder, tmp_path):
+def test_compile_and_bf16_runs_follow_the_eager_float32_loss(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     losses = {}
     for name, extra in {"eager": {}, "compile": {"compile": True}, "bf16": {"mixed_precision": "bf16"}}.items():
         out = tmp_path / name
@@ -481,6 +482,9 @@ def test_compile_and_bf16_runs_follow_the_eager_float32_loss(image_folder, tmp_p
     # Inductor reorders float32 arithmetic; bf16 autocast keeps 8 mantissa bits.
     np.testing.assert_allclose(losses["compile"], losses["eager"], rtol=1e-3)
     np.testing.assert_allclose(losses["bf16"], losses["eager"], rtol=0.03)
+    # Neither flag was a no-op: inductor compiled kernels, and bf16 arithmetic moved the losses.
+    assert any((tmp_path / "inductor").rglob("*.py"))
+    assert not np.array_equal(losses["bf16"], losses["eager"])
 
 
 def test_lr_schedule_steps_stops_a_schedule_part_way(image_folder, tmp_path):
