@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.width % 32 or args.width < 32:
         p.error(f"--width must be a positive multiple of 32, got {args.width}")
 
+    from timing import environment
+
     from diffusers_mpdit.atomic import atomic_path
     from diffusers_mpdit.evaluation import ClassifierScorer, load_split
 
@@ -338,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
         order = sorted(runs, key=lambda key: key[0] != "isotropic")
         run_all([(f"{n} seed {s}", train_command(args, n, s), output / f"{n}-seed{s}.log") for n, s in order],
                 args.parallel)  # fmt: skip
-    training_minutes = (time.perf_counter() - start) / 60
+    # None when the runs were trained by an earlier invocation: this one did not time them.
+    training_minutes = None if args.skip_training else (time.perf_counter() - start) / 60
 
     torch.set_num_threads(args.parallel)
     torch.manual_seed(args.judge_seed)
@@ -378,6 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step_seconds": step_times,
         "runs": rows,
         "minutes": {"training": training_minutes, "total": (time.perf_counter() - start) / 60},
+        "environment": environment(),
         "args": vars(args),
     }
     results = Path(args.results_dir)
