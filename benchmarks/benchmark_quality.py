@@ -143,8 +143,9 @@ def write_card(pipe, result: dict, folder: Path) -> None:
     noisy = reference.get("FD_train_test_noisy", {})
     results = "\n".join(
         [
-            f"Measured with `python benchmarks/benchmark_quality.py {benchmark_flags(result, pipe)}` (a CNN trained on "
-            "the real training split judges the samples; the Frechet distance is taken in its feature space):",
+            f"Measured with `python benchmarks/benchmark_quality.py {benchmark_flags(result, pipe)} --output_json "
+            "benchmarks/benchmark_quality.json` in the diffusers-mpdit repository (a CNN trained on the real training "
+            "split judges the samples; the Frechet distance is taken in its feature space):",
             "",
             "| | value |",
             "| --- | --- |",

@@ -111,7 +111,7 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
             with gr.Column():
                 class_picker = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True)
                 num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
-                steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Sampling steps")
+                steps = gr.Slider(1, MAX_STEPS, value=SamplingConfig.steps, step=1, label="Sampling steps")
                 guidance = gr.Slider(
                     0, MAX_GUIDANCE, value=default_guidance, step=0.1, label="Guidance scale (1 = off)"
                 )
@@ -127,7 +127,10 @@ def build_demo(pipe: MPDiTPipeline, title: str = "MPDiT") -> gr.Blocks:
         inputs = [class_picker, num_images, steps, guidance, low, high, seed, randomize, scheduler]
         defaults = [default_guidance, default_low, default_high]
         gr.Examples(
-            [[choices[i % len(choices)][1], 4, 25, *defaults, i, False, "euler"] for i in (0, 5, 9)]
+            [
+                [choices[i % len(choices)][1], 4, SamplingConfig.steps, *defaults, i, False, SamplingConfig.scheduler]
+                for i in (0, 5, 9)
+            ]
             + [[choices[1][1], 4, 10, *defaults, 0, False, "heun"]],
             inputs=inputs,
         )
