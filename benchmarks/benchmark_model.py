@@ -17,7 +17,7 @@ from diffusers import DiTTransformer2DModel
 from timing import describe, environment, spread, time_alternating, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusers_mpdit import MPDiTTransformer2DModel
+from diffusers_mpdit import BUNDLED_MODEL, MPDiTTransformer2DModel
 
 # Spec section 1 (trainable parameters, millions) and section 8 (GMACs per 256-px image, attention included).
 OFFICIAL_TRAINABLE_M = {
@@ -31,6 +31,7 @@ OFFICIAL_TRAINABLE_M = {
 OFFICIAL_GMACS = {"MPDiT-B/4x": 16.17, "MPDiT-XL/4x": 56.43}
 DIT_CONFIGS = {
     "DiT-B/2": {"num_attention_heads": 12, "attention_head_dim": 64, "num_layers": 12},
+    "DiT-L/2": {"num_attention_heads": 16, "attention_head_dim": 64, "num_layers": 24},
     "DiT-XL/2": {"num_attention_heads": 16, "attention_head_dim": 72, "num_layers": 28},
 }
 
@@ -70,6 +71,9 @@ def section_params() -> dict:
         ours = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
         print(f"| {name} | {ours:.3f} | {official:.3f} | {'yes' if round(ours, 3) == official else 'NO'} |")
         result[name] = {"millions": ours, "official": official}
+    bundled = MPDiTTransformer2DModel.from_pretrained(BUNDLED_MODEL, subfolder="transformer")
+    result["bundled"] = {"millions": sum(p.numel() for p in bundled.parameters() if p.requires_grad) / 1e6}
+    print(f"| bundled Fashion-MNIST model | {result['bundled']['millions']:.3f} | | |")
     return result
 
 
@@ -81,12 +85,12 @@ def section_flops() -> dict:
         dit[name] = count_gmacs(build_dit(name).eval(), is_dit=True)
         print(f"| diffusers {name} | {dit[name]:.2f} | | | 1.000 |")
         result[name] = {"gmacs": dit[name]}
-    for name in ("MPDiT-B/4x", "MPDiT-XL/4x", "MPDiTv2-B", "MPDiTv2-XL"):
+    for name in OFFICIAL_TRAINABLE_M:
         torch.manual_seed(0)
         gmacs = count_gmacs(MPDiTTransformer2DModel.from_preset(name).eval(), is_dit=False)
         official = OFFICIAL_GMACS.get(name)
         diff = f"{100 * (gmacs - official) / official:+.2f}%" if official else ""
-        baseline = "DiT-B/2" if name.endswith("B/4x") or name.endswith("-B") else "DiT-XL/2"
+        baseline = "DiT-" + name.split("-")[1].split("/")[0] + "/2"
         print(f"| {name} | {gmacs:.2f} | {official or ''} | {diff} | {gmacs / dit[baseline]:.3f} x {baseline} |")
         result[name] = {"gmacs": gmacs, "official": official, "ratio": gmacs / dit[baseline], "baseline": baseline}
     return result
@@ -183,10 +187,10 @@ def main() -> None:
         help="weights' dtype (default float32)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile both models (forward section)")
-    parser.add_argument("--batch-size", type=int, default=2, help="forward batch")
-    parser.add_argument("--train-batch-size", type=int, default=4, help="training-step batch (default 4)")
+    parser.add_argument("--batch_size", type=int, default=2, help="forward batch")
+    parser.add_argument("--train_batch_size", type=int, default=4, help="training-step batch (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions, after a warm-up (default 5)")
-    parser.add_argument("--also-b", action="store_true", help="also time MPDiT-B/4x against DiT-B/2 in the forward")
+    parser.add_argument("--also_b", action="store_true", help="also time MPDiT-B/4x against DiT-B/2 in the forward")
     parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
     args = parser.parse_args()
 

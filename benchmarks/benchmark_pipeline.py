@@ -1,6 +1,6 @@
 """MPDiTPipeline overhead: a full pipeline call against a bare loop of transformer forwards and Euler updates.
 
-    python benchmarks/benchmark_pipeline.py [--preset MPDiT-B/4x] [--steps 4] [--batch-size 2] [--repeats 5]
+    python benchmarks/benchmark_pipeline.py [--preset MPDiT-B/4x] [--steps 4] [--batch_size 2] [--repeats 5]
 
 Same model, same steps, same classifier-free guidance (one batched forward of [cond; uncond]), latents out (no VAE
 decode on either side). The two alternate in one run; the medians are compared, and min, median and max printed.
@@ -22,8 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="MPDiT-B/4x", help="model preset (default MPDiT-B/4x)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps (default 4)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per call (default 2)")
-    parser.add_argument("--guidance-scale", type=float, default=1.5, help="CFG scale (default 1.5)")
+    parser.add_argument("--batch_size", type=int, default=2, help="images per call (default 2)")
+    parser.add_argument("--guidance_scale", type=float, default=1.5, help="CFG scale (default 1.5)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions, after a warm-up (default 5)")
     parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
     args = parser.parse_args()

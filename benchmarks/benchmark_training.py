@@ -1,6 +1,6 @@
 """Training throughput and peak memory: MPDiT-B/4x against the isotropic configuration of the same code.
 
-    python benchmarks/benchmark_training.py [--batch-size 4] [--repeats 5] [--device cuda --mixed-precision bf16]
+    python benchmarks/benchmark_training.py [--batch_size 4] [--repeats 5] [--device cuda --mixed_precision bf16]
 
 The isotropic baseline is `MPDiTTransformer2DModel` with one level on 2x2 patches and the same width and total depth
 (a SiT/DiT-B/2 with MPDiT's embeddings). A step is what `examples/train_mpdit.py` does: flow times, noise and label
@@ -85,14 +85,14 @@ def _rss_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    parser.add_argument("--batch_size", type=int, default=4, help="images per step (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps, after a warm-up (default 5)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
-        "--mixed-precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default no)"
+        "--mixed_precision", choices=["no", "bf16", "fp16"], default="no", help="autocast precision (default no)"
     )
     parser.add_argument("--output_json", help="where to write the result (default: beside this script)")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    parser.add_argument("--memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         print(json.dumps(measure_memory(args.memory_of, args)))
@@ -112,8 +112,8 @@ def main() -> None:
     rows = {}
     for name, seconds in times.items():
         child = subprocess.run(
-            [sys.executable, __file__, "--memory-of", name, "--batch-size", str(args.batch_size)]
-            + ["--device", args.device, "--mixed-precision", args.mixed_precision],
+            [sys.executable, __file__, "--memory_of", name, "--batch_size", str(args.batch_size)]
+            + ["--device", args.device, "--mixed_precision", args.mixed_precision],
             capture_output=True,
             text=True,
             check=True,

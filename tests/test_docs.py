@@ -54,3 +54,12 @@ def test_the_readme_is_short_and_its_links_resolve():
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", document.read_text()):
             if not target.startswith("http"):
                 assert (document.parent / target).exists(), f"{document.name} links to a missing {target}"
+
+
+def test_no_document_is_left_with_a_placeholder():
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]:
+        text = document.read_text()
+        assert "TODO" not in text, f"{document.name} has a TODO"
+        # A bare upper-case word on a line of its own is a table or section still to be filled in.
+        bare = [line for line in text.splitlines() if re.fullmatch(r"[A-Z_]{4,}", line.strip())]
+        assert not bare, f"{document.name} has placeholders {bare}"
