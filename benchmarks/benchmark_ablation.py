@@ -173,7 +173,10 @@ def judge_one(args_json: str) -> None:
     start = time.perf_counter()
     score = scorer.score_pipeline(pipe, job["num_samples"], sampling, batch_size=100)
     score["sampling_seconds"] = time.perf_counter() - start
-    Path(job["output"]).write_text(json.dumps(score))
+    from diffusers_mpdit.atomic import atomic_path
+
+    with atomic_path(job["output"]) as tmp:  # a resume trusts any judged.json it finds
+        Path(tmp).write_text(json.dumps(score))
 
 
 def judge_all(args, runs: dict[tuple[str, int], Path], judge: Path) -> list[dict]:

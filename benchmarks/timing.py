@@ -46,7 +46,7 @@ def spread(seconds: list[float]) -> dict[str, float]:
 
 
 def describe(seconds: list[float], unit: str = "ms") -> str:
-    """`median (min to max)` of a list of timings, in ms or s."""
+    """`median unit (min ..., max ...)` of a list of timings, in ms or s."""
     scale, digits = (1000, 0) if unit == "ms" else (1, 3)
     s = spread(seconds)
     return (

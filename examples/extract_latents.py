@@ -71,10 +71,13 @@ def main(argv=None) -> None:
         output_dir.mkdir(parents=True)
     accelerator.wait_for_everyone()
 
-    dataset, id2label = load_image_dataset(
-        args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
-        args.image_column, args.label_column, args.max_train_samples,
-    )  # fmt: skip
+    try:
+        dataset, id2label = load_image_dataset(
+            args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
+            args.image_column, args.label_column, args.max_train_samples,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     dataset = dataset.with_transform(ImageTransform(args.resolution, 3, args.image_preprocessing))
     with accelerator.split_between_processes(list(range(len(dataset)))) as indices:
         mine = torch.tensor(indices, dtype=torch.long)

@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
-from diffusers_mpdit.atomic import save_pretrained_atomically
+from diffusers_mpdit.atomic import atomic_path, save_pretrained_atomically
 from diffusers_mpdit.pipelines import ClassNames
 from diffusers_mpdit.sampling import SamplingConfig, default_device
 from diffusers_mpdit.training import (
@@ -211,7 +211,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_config = json.loads(args.model_config)
     except json.JSONDecodeError as error:
         p.error(f"--model_config is not JSON: {error}")
+    if args.lr_schedule_steps is not None and args.lr_schedule_steps < 1:
+        p.error(f"--lr_schedule_steps must be a positive number of steps, got {args.lr_schedule_steps}")
+    try:  # now, not at the first validation grid hours into the run
+        validation_sampling(args).validate(VALIDATION_FLAGS)
+    except ValueError as error:
+        p.error(str(error))
     return args
+
+
+VALIDATION_FLAGS = {
+    "steps": "--validation_inference_steps",
+    "guidance_scale": "--validation_guidance_scale",
+    "seed": "--seed",
+}
+
+
+def validation_sampling(args: argparse.Namespace) -> SamplingConfig:
+    """The sampling settings of the validation grids: the flags, and the pipeline's saved defaults for the rest."""
+    return SamplingConfig(
+        steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale, seed=args.seed
+    )
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
@@ -556,9 +576,7 @@ def sample_grid(args, accelerator, pipeline: MPDiTPipeline, classes, step, name=
     """A PNG grid of `pipeline`'s samples (the EMA model) for fixed classes and a fixed seed."""
     pipeline = pipeline.to(accelerator.device)
     pipeline.set_progress_bar_config(disable=True)
-    sampling = SamplingConfig(
-        steps=args.validation_inference_steps, guidance_scale=args.validation_guidance_scale, seed=args.seed
-    )
+    sampling = validation_sampling(args)
     images = pipeline(
         class_labels=classes, generator=sampling.generators(range(len(classes))), **sampling.call_kwargs(pipeline)
     ).images
@@ -566,7 +584,8 @@ def sample_grid(args, accelerator, pipeline: MPDiTPipeline, classes, step, name=
     grid = make_image_grid(images, rows=1, cols=len(images))
     path = Path(args.output_dir) / "samples" / f"{name or f'step-{step:07d}'}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             import numpy as np

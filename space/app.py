@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
     parser.add_argument("--device", default=None, help="default: the accelerator if any, else cpu")
     parser.add_argument(
-        "--dtype", choices=DTYPES, default=SamplingConfig.dtype, help="weights' dtype (default float32)"
+        "--dtype",
+        choices=DTYPES,
+        default=SamplingConfig.dtype,
+        help=f"weights' dtype (default {SamplingConfig.dtype})",
     )
     parser.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME (a Space sets it) or 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")

@@ -201,6 +201,7 @@ def test_evaluate_command_end_to_end(tmp_path):
         (["{mixed}", "{real}"], "give a resolution to centre-crop them all"),
         (["{real}", "{real}", "--save-reference", "{tmp}/ref.txt"], "--save-reference"),
         (["{real}", "{real}", "-o", "{tmp}/no/such/m.json"], "--output"),
+        (["{corrupt}", "{real}"], "is not an .npz file"),
     ],
 )
 def test_evaluate_errors_are_one_line(tmp_path, args, message):
@@ -208,7 +209,9 @@ def test_evaluate_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "mixed").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "mixed" / "a.png")
     Image.new("RGB", (40, 32)).save(tmp_path / "mixed" / "b.png")
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip archive")
     paths = {"missing": tmp_path / "nothing", "real": tmp_path / "real", "mixed": tmp_path / "mixed", "tmp": tmp_path}
+    paths["corrupt"] = tmp_path / "corrupt.npz"
     run = mpdit_evaluate(*(a.format(**paths) for a in args))
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 

@@ -49,3 +49,33 @@ def test_a_failed_save_leaves_the_old_folder(tmp_path, merge):
     assert (out / "transformer" / "weights").read_text() == "new" and (out / "model_index.json").read_text() == "new"
     # Replacing the whole folder drops what was beside the pipeline; merging keeps it.
     assert (out / "checkpoint-1").is_dir() == merge
+
+
+class TwoComponents:
+    """A pipeline folder with two components and an index."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def save_pretrained(self, folder, safe_serialization=True):
+        for component in ("transformer", "vae"):
+            os.makedirs(os.path.join(folder, component))
+            with open(os.path.join(folder, component, "weights"), "w") as f:
+                f.write(self.text)
+        with open(os.path.join(folder, "model_index.json"), "w") as f:
+            f.write(self.text)
+
+
+def test_a_merge_that_fails_between_components_leaves_no_index(tmp_path):
+    out = tmp_path / "model"
+    save_pretrained_atomically(TwoComponents("old"), out, merge=True)
+    # A plain file where the new vae folder must go: renaming a folder onto it fails after the transformer moved.
+    for name in os.listdir(out / "vae"):
+        os.unlink(out / "vae" / name)
+    os.rmdir(out / "vae")
+    (out / "vae").write_text("in the way")
+    with pytest.raises(OSError):
+        save_pretrained_atomically(TwoComponents("new"), out, merge=True)
+    assert (out / "transformer" / "weights").read_text() == "new"
+    # Half old, half new: no index may claim the folder is a complete pipeline.
+    assert not (out / "model_index.json").exists()

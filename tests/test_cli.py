@@ -28,6 +28,9 @@ def test_labels_lists_the_bundled_models_classes():
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [f"{i}\t{name}" for i, name in enumerate(FASHION_MNIST)]
     assert mpdit("labels", BUNDLED_MODEL).stdout == run.stdout
+    # A missing local path is named as such, not sent to the Hub as a repo id.
+    missing = mpdit("labels", "./no-such-model")
+    assert missing.returncode == 2 and "no such folder" in missing.stderr, missing.stderr
 
 
 def test_generate_writes_a_labelled_grid_of_the_pipelines_images(tmp_path):

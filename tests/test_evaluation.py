@@ -172,7 +172,7 @@ def test_ablation_benchmark_runs_two_configurations_and_two_seeds_end_to_end(tmp
         own = [r["FD"] for r in result["runs"] if r["config"] == name and r["step"] == 4]
         assert curve[-1]["FD"]["mean"] == pytest.approx(np.mean(own)) and len(own) == 2
         assert curve[-1]["FD"]["std"] == pytest.approx(np.std(own, ddof=1))
-    # Every run sampled the same images' noise: the same sampling seed in each judged checkpoint.
+    # Every judged checkpoint scored the requested number of samples.
     assert {r["num_samples"] for r in result["runs"]} == {10}
     assert result["claims"]["isotropic"]["equal steps"]["FD"]["verdict"] in ("supports", "contradicts", "cannot tell")
     assert (results / "benchmark_ablation.png").stat().st_size > 10_000

@@ -372,7 +372,7 @@ def test_on_the_fly_vae_and_a_datasets_dataset_with_push_to_hub(image_folder, va
     bad = launch(
         TRAIN, train_args(None, tmp_path / "bad", 2, dataset_name=tmp_path / "parquet"), launcher="python", check=False
     )
-    assert bad.returncode != 0 and "--image_column 'image' is not a column of the dataset" in bad.stderr
+    assert bad.returncode != 0 and "`image_column` 'image' is not a column of the dataset" in bad.stderr
 
 
 def test_steps_per_epoch_and_bad_arguments(image_folder, tmp_path):
@@ -494,3 +494,23 @@ def test_lr_schedule_steps_stops_a_schedule_part_way(image_folder, tmp_path):
     launch(TRAIN, flags, launcher="python")
     # A linear decay laid out over 10 steps, logged after each of the first three: 1e-3 * (10 - step) / 10.
     np.testing.assert_allclose(tensorboard_scalars(out, "lr"), [9e-4, 8e-4, 7e-4], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--validation_inference_steps", "0", "--validation_inference_steps must be an integer >= 1"),
+        ("--validation_guidance_scale", "-1", "--validation_guidance_scale"),
+        ("--seed", str(2**32), "--seed must be an integer in [0, 2**32)"),
+        ("--lr_schedule_steps", "0", "--lr_schedule_steps must be a positive number of steps"),
+    ],
+)
+def test_bad_settings_stop_the_script_before_training(tmp_path, flag, value, message):
+    # The validation grid's settings would otherwise fail only at the first grid, possibly hours into the run.
+    run = subprocess.run(
+        [sys.executable, TRAIN, "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), flag, value],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

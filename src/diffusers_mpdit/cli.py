@@ -23,6 +23,7 @@ from .sampling import (
     IMAGE_SUFFIXES,
     SamplingConfig,
     add_sampling_arguments,
+    check_model_path,
     default_device,
     load_pipeline,
     one_line,
@@ -146,8 +147,11 @@ def list_labels(args, command) -> int:
     """Reads the model's `model_index.json` and transformer config (downloading only those two files for a Hub id):
     listing names needs neither torch nor the weights."""
     model = args.model
-    if os.path.isdir(os.path.expanduser(model)):
-        folder = os.path.expanduser(model)
+    try:
+        folder = check_model_path(model)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if os.path.isdir(folder):
         files = {name: os.path.join(folder, name) for name in ("model_index.json", "transformer/config.json")}
         for name, path in files.items():
             if not os.path.isfile(path):

@@ -286,11 +286,13 @@ def diffusers_to_official(
 def load_official_state_dict(checkpoint: str | os.PathLike, weights: str = "ema") -> dict[str, torch.Tensor]:
     """Loads the `weights` entry of an official `.pt` checkpoint safely (`weights_only=True`).
 
-    A bare state dict (a `.pt` holding only tensors, or a `.safetensors` file) is accepted too.
+    A bare state dict (a `.pt` holding only tensors, or a `.safetensors` file) is accepted too and returned as it is:
+    it holds one set of weights, so `weights` has nothing to choose from.
 
     Args:
         checkpoint (`str` or `os.PathLike`): Path of the `.pt` or `.safetensors` file.
-        weights (`str`, defaults to `"ema"`): `"ema"` (for sampling) or `"model"` (the raw training weights).
+        weights (`str`, defaults to `"ema"`): `"ema"` (for sampling) or `"model"` (the raw training weights) of a full
+            official checkpoint.
     """
     if weights not in WEIGHTS_CHOICES:
         raise ValueError(f"`weights` must be one of {WEIGHTS_CHOICES}, got {weights!r}.")
@@ -326,7 +328,7 @@ def convert_checkpoint(
     half-written at `output_dir`.
 
     Args:
-        checkpoint (`str` or `os.PathLike`): Official `.pt` file.
+        checkpoint (`str` or `os.PathLike`): Official `.pt` checkpoint, or a bare state dict (`.pt` or `.safetensors`).
         output_dir (`str` or `os.PathLike`): Folder to create.
         weights (`str`, defaults to `"ema"`): `"ema"` or `"model"`.
         num_attention_heads (`int`, *optional*): Overrides the official head count.

@@ -11,7 +11,12 @@ import os
 import shutil
 import tempfile
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the Hub client and the pipeline are imported when used
+    from huggingface_hub import ModelCard
+
+    from .pipelines.pipeline_mpdit import MPDiTPipeline
 
 TEMPLATES = ("mpdit-xl-256", "mpdit-xl-512", "mpdit-b-256", "mpdit-demo", "mpdit-trained", "mpdit")
 HUB_KEYS = ("revision", "cache_dir", "token", "force_download", "proxies")
@@ -21,7 +26,7 @@ def _template_source(name: str) -> str:
     return resources.files("diffusers_mpdit.hub_cards").joinpath(name).read_text(encoding="utf-8")
 
 
-def render_model_card(template: str, **values: Any):
+def render_model_card(template: str, **values: Any) -> ModelCard:
     """Renders `hub_cards/<template>.md` into a `huggingface_hub.ModelCard`.
 
     Args:
@@ -46,8 +51,12 @@ def render_model_card(template: str, **values: Any):
     return ModelCard(text)
 
 
-def card_template_for(pipeline) -> str:
-    """The published configuration a pipeline matches, or the generic `"mpdit"` card."""
+def card_template_for(pipeline: MPDiTPipeline) -> str:
+    """The published configuration a pipeline matches, or the generic `"mpdit"` card.
+
+    Args:
+        pipeline (`MPDiTPipeline`): The pipeline to describe.
+    """
     config = pipeline.transformer.config
     shape = (
         config.num_classes,
@@ -64,8 +73,13 @@ def card_template_for(pipeline) -> str:
     return published.get((*shape, config.sample_size), "mpdit")
 
 
-def default_card_values(pipeline, repo_id: str) -> dict[str, Any]:
-    """Values every template can draw on, read from the pipeline itself."""
+def default_card_values(pipeline: MPDiTPipeline, repo_id: str) -> dict[str, Any]:
+    """Values every template can draw on, read from the pipeline itself.
+
+    Args:
+        pipeline (`MPDiTPipeline`): The pipeline to describe.
+        repo_id (`str`): The Hub repo the card is for, used in its usage snippets.
+    """
     config = pipeline.transformer.config
     names = [pipeline.id2label[i].split(",")[0].strip() for i in sorted(pipeline.id2label)[:2]]
     side = config.sample_size * pipeline.vae_scale_factor

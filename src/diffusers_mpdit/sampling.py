@@ -29,12 +29,18 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .pipelines.guidance import check_guidance_interval, check_guidance_scale
 from .schedulers.diffusion import DIFFUSION_FORMS, check_diffusion_form, check_last_step_size
+
+if TYPE_CHECKING:  # annotations only: importing these costs the CLI its fast start
+    import PIL.Image
+    import torch
+
+    from .pipelines.pipeline_mpdit import MPDiTPipeline
 
 # Image files the front ends write and the evaluator reads.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -130,6 +136,11 @@ def random_class_label(seed: int, index: int, num_classes: int) -> int:
     A hash rather than a generator: it depends on nothing but the seed and the index (not on the batch, the process
     or the number of samples), and it is independent of the image's noise generator, which is seeded with the same
     `seed + index`.
+
+    Args:
+        seed (`int`): The run's seed.
+        index (`int`): The image's index in the sample set.
+        num_classes (`int`): Classes to draw from, ids `0 .. num_classes - 1`.
     """
     digest = hashlib.sha256(f"mpdit-label,{seed},{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % num_classes
@@ -145,7 +156,7 @@ def fid_class_labels(num_samples: int, num_classes: int, mode: str = "balanced",
         seed (`int`): The run's seed (used by `random`).
     """
     if mode not in LABEL_SAMPLING:
-        raise ValueError(f"`label_sampling` must be one of {', '.join(LABEL_SAMPLING)}; got {mode!r}")
+        raise ValueError(f"`mode` must be one of {', '.join(LABEL_SAMPLING)}; got {mode!r}")
     if mode == "balanced":
         return np.arange(num_samples) % num_classes
     return np.array([random_class_label(seed, i, num_classes) for i in range(num_samples)], dtype=np.int64)
@@ -158,7 +169,7 @@ def default_device() -> str:
     return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
 
 
-def upscale_nearest(image, min_side: int):
+def upscale_nearest(image: PIL.Image.Image, min_side: int) -> PIL.Image.Image:
     """Enlarges a PIL image by the smallest integer factor that makes its longer side at least `min_side`, keeping
     pixels sharp (nearest neighbour); larger images are returned as they are.
 
@@ -237,7 +248,12 @@ class SamplingConfig:
         return self
 
     def check_image_count(self, count: int, names: Mapping[str, str] | None = None) -> None:
-        """Raises if images `0 .. count - 1` would wrap torch's 32-bit seeds (`seed + index >= 2**32`)."""
+        """Raises if images `0 .. count - 1` would wrap torch's 32-bit seeds (`seed + index >= 2**32`).
+
+        Args:
+            count (`int`): Images the run makes.
+            names (`Mapping[str, str]`, *optional*): What the front end calls each field.
+        """
         if self.seed + count > SEED_LIMIT:
             name = (names or {}).get("seed", "`seed`")
             raise ValueError(f"{name} must be at most 2**32 - {count} for {count} images, got {self.seed}")
@@ -252,7 +268,7 @@ class SamplingConfig:
         self.validate()
         return SAMPLERS[self.scheduler].build(dict(base_config), self)
 
-    def call_kwargs(self, pipe) -> dict[str, Any]:
+    def call_kwargs(self, pipe: MPDiTPipeline) -> dict[str, Any]:
         """Keyword arguments for `pipe(...)`: the step grid and the resolved guidance (not the generators).
 
         Args:
@@ -265,11 +281,15 @@ class SamplingConfig:
         grid = {"sigmas": official_euler_sigmas(self.steps)} if self.scheduler == "ode" else {}
         return {"num_inference_steps": self.steps, **grid, "guidance_scale": scale, "guidance_interval": interval}
 
-    def generators(self, indices: Iterable[int]) -> list:
-        """One generator per image index (`image_generator(seed, index)`)."""
+    def generators(self, indices: Iterable[int]) -> list[torch.Generator]:
+        """One generator per image index (`image_generator(seed, index)`).
+
+        Args:
+            indices (`Iterable[int]`): The images' indices in the run.
+        """
         return [image_generator(self.seed, index) for index in indices]
 
-    def settings(self, pipe) -> dict[str, Any]:
+    def settings(self, pipe: MPDiTPipeline) -> dict[str, Any]:
         """What a run with this configuration uses, resolved against `pipe`'s saved defaults, as JSON values.
 
         Args:
@@ -292,8 +312,12 @@ class SamplingConfig:
             }
         return settings
 
-    def describe(self, pipe) -> str:
-        """One line for logs: `sde (SBDM, norm 1, last step 0.04), 250 steps, guidance 1.5 for t in [0, 0.6], seed 0`."""
+    def describe(self, pipe: MPDiTPipeline) -> str:
+        """One line for logs: `sde (SBDM, norm 1, last step 0.04), 250 steps, guidance 1.5 for t in [0, 0.6], seed 0`.
+
+        Args:
+            pipe (`MPDiTPipeline`): The pipeline, for its saved guidance defaults.
+        """
         s = self.settings(pipe)
         sampler = s["scheduler"]
         if sampler == "sde":
@@ -446,6 +470,19 @@ def add_sampling_arguments(
     return parser
 
 
+def check_model_path(model: str) -> str:
+    """Returns `model` with `~` expanded; raises a one-line ValueError if it reads as a local path (absolute, `.`,
+    `~`, or more than one `/`) that is not a folder, rather than letting it go to the Hub as a repo id.
+
+    Args:
+        model (`str`): A pipeline folder or a Hub repo id.
+    """
+    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise ValueError(f"model {model!r}: no such folder (give a pipeline folder or a Hub id like org/name)")
+    return os.path.expanduser(model)
+
+
 def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
     """`MPDiTPipeline.from_pretrained` for front ends: one-line errors naming the model or the device.
 
@@ -459,12 +496,10 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
 
     from .pipelines import MPDiTPipeline
 
-    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise ValueError(f"model {model!r}: no such folder (give a pipeline folder or a Hub id like org/name)")
+    path = check_model_path(model)
     diffusers_logging.disable_progress_bar()  # the component-loading bar is noise next to the sampling bar
     try:
-        pipe = MPDiTPipeline.from_pretrained(os.path.expanduser(model), dtype=getattr(torch, dtype))
+        pipe = MPDiTPipeline.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as error:
         raise ValueError(f"model {model!r}: cannot load it: {one_line(error)}") from None
     finally:
@@ -477,6 +512,10 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (or its type's name, if it has none)."""
+    """An exception's message on one line (or its type's name, if it has none).
+
+    Args:
+        error (`BaseException`): The exception.
+    """
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split())

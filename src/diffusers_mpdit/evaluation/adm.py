@@ -61,6 +61,11 @@ class RunningMoments:
         self.count, self.shift, self.total, self.outer = 0, None, None, None
 
     def update(self, rows: np.ndarray | torch.Tensor) -> None:
+        """Adds a batch of feature rows to the running sums.
+
+        Args:
+            rows (`np.ndarray` or `torch.Tensor`): `(n, features)`.
+        """
         rows = torch.as_tensor(rows).double().cpu()
         if self.shift is None:
             self.shift = rows.mean(dim=0)
@@ -93,10 +98,16 @@ class FeatureFile:
         self._file = open(self.path, "wb")
 
     def append(self, rows: np.ndarray) -> None:
+        """Writes a batch of feature rows to the end of the file, as float32.
+
+        Args:
+            rows (`np.ndarray`): `(n, features)`.
+        """
         self._file.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
         self.rows += len(rows)
 
     def close(self) -> None:
+        """Closes the file for writing; the rows stay readable."""
         self._file.close()
 
     def __len__(self) -> int:

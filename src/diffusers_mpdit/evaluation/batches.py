@@ -42,7 +42,11 @@ class NpzImages:
 
     def __init__(self, path: str):
         self.path = path
-        with zipfile.ZipFile(path) as archive:
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise ValueError(f"{path!r} is not an .npz file (not a zip archive)") from None
+        with archive:
             names = archive.namelist()
             if "arr_0.npy" not in names:
                 found = sorted(n.removesuffix(".npy") for n in names)
@@ -64,7 +68,11 @@ class NpzImages:
         return self.shape[0]
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive `(batch_size, H, W, C)` arrays (the last may be shorter)."""
+        """Consecutive `(batch_size, H, W, C)` arrays (the last may be shorter).
+
+        Args:
+            batch_size (`int`): Images per array.
+        """
         image_bytes = int(np.prod(self.shape[1:]))
         with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as f:
             _read_npy_header(f)
@@ -122,7 +130,11 @@ class FolderImages:
         return len(self.files)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive `(batch_size, H, W, 3)` arrays (the last may be shorter)."""
+        """Consecutive `(batch_size, H, W, 3)` arrays (the last may be shorter).
+
+        Args:
+            batch_size (`int`): Images per array.
+        """
         for start in range(0, len(self), batch_size):
             images = []
             for file in self.files[start : start + batch_size]:
@@ -169,7 +181,11 @@ class NpzWriter:
         self._rows = 0
 
     def write(self, batch: np.ndarray) -> None:
-        """Appends rows along the first axis."""
+        """Appends rows along the first axis.
+
+        Args:
+            batch (`np.ndarray`): Rows of the array's shape after the first axis.
+        """
         batch = np.ascontiguousarray(batch, dtype=self.dtype)
         if batch.shape[1:] != self.shape[1:] or self._rows + len(batch) > self.shape[0]:
             raise ValueError(f"a batch of shape {batch.shape} does not fit `{self.name}` {self.shape}")

@@ -99,7 +99,11 @@ class ClassifierScorer:
 
     def save(self, path: str) -> None:
         """Writes what scoring generated images needs (the classifier, the class names, the test split's feature
-        statistics), so that other processes can judge with the same classifier."""
+        statistics), so that other processes can judge with the same classifier.
+
+        Args:
+            path (`str`): The file to write (with `torch.save`), replaced atomically.
+        """
         from ..atomic import atomic_path
 
         classifier = self.classifier

@@ -88,7 +88,11 @@ def resize_like_tensorflow(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def spatial_features(conv: torch.Tensor) -> torch.Tensor:
     """sFID's features from `mixed_6/conv` `(N, C, H, W)`: its first `SPATIAL_CHANNELS` channels, flattened in
-    TensorFlow's (h, w, c) order, so that ADM's precomputed `mu_s` and `sigma_s` apply."""
+    TensorFlow's (h, w, c) order, so that ADM's precomputed `mu_s` and `sigma_s` apply.
+
+    Args:
+        conv (`torch.Tensor`): The `mixed_6/conv` activations.
+    """
     return conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
 
 

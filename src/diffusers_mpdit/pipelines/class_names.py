@@ -35,7 +35,11 @@ class ClassNames:
         return {name: ids[0] for name, ids in sorted(self._ids.items())}
 
     def name(self, class_id: int) -> str:
-        """The id's name in `id2label`, or the id itself as text."""
+        """The id's name in `id2label`, or the id itself as text.
+
+        Args:
+            class_id (`int`): A class id.
+        """
         return self.id2label.get(class_id, str(class_id))
 
     def id(self, name: str) -> int:

@@ -30,14 +30,24 @@ def diffusion_coefficient(form: str, t: float, norm: float = 1.0) -> float:
 
 
 def check_diffusion_form(value: str, name: str = "`diffusion_form`") -> str:
-    """Returns `value` if it is one of `DIFFUSION_FORMS`, else raises a ValueError naming `name`."""
+    """Returns `value` if it is one of `DIFFUSION_FORMS`, else raises a ValueError naming `name`.
+
+    Args:
+        value (`str`): The diffusion form.
+        name (`str`): What the caller calls it in errors (an argument or a flag).
+    """
     if value not in DIFFUSION_FORMS:
         raise ValueError(f"{name} must be one of {', '.join(DIFFUSION_FORMS)}; got {value!r}.")
     return value
 
 
 def check_last_step_size(value: float, name: str = "`last_step_size`") -> float:
-    """Returns `value` if it lies in (0, 0.5), the sizes that keep the time grid decreasing, else raises."""
+    """Returns `value` if it lies in (0, 0.5), the sizes that keep the time grid decreasing, else raises.
+
+    Args:
+        value (`float`): The last step size `h`.
+        name (`str`): What the caller calls it in errors (an argument or a flag).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 0.5:
         raise ValueError(f"{name} must be a number in (0, 0.5), got {value!r}.")
     return float(value)

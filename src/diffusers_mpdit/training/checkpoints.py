@@ -9,6 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
+from diffusers_mpdit.atomic import replace_path
+
 CHECKPOINT_FILES = (
     "transformer/config.json",
     "transformer/diffusion_pytorch_model.safetensors",
@@ -22,7 +24,11 @@ CHECKPOINT_FILES = (
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The `checkpoint-<step>` folders of a run, by step number."""
+    """The `checkpoint-<step>` folders of a run, by step number.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The run's folder.
+    """
     found = [
         p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()
     ]
@@ -67,8 +73,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "training_state.json").write_text(json.dumps({"global_step": step, "train_seconds": train_seconds}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_path(tmp, final)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)

@@ -63,12 +63,14 @@ def load_image_dataset(
         dataset_name (`str`, *optional*): A `datasets` dataset, by name or local path (give this or the folder).
         dataset_config_name (`str`, *optional*): Its configuration.
         split (`str`): Its split.
-        image_column (`str`): Its image column.
-        label_column (`str`): Its label column; a `ClassLabel` gives the class names.
-        max_samples (`int`, *optional*): Keep only the first this many.
+        image_column (`str`): Its image column (an imagefolder's is always `image`).
+        label_column (`str`): Its label column; a `ClassLabel` gives the class names (an imagefolder's is `label`).
+        max_samples (`int`, *optional*): Keep only the first this many (at least 1).
     """
     from datasets import load_dataset
 
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"`max_samples` must be at least 1, got {max_samples}")
     if bool(train_data_dir) == bool(dataset_name):
         raise ValueError("give exactly one of `train_data_dir` and `dataset_name`")
     if train_data_dir:
@@ -78,13 +80,13 @@ def load_image_dataset(
         dataset = load_dataset(dataset_name, dataset_config_name, split=split)
     for column, name in ((image_column, "image_column"), (label_column, "label_column")):
         if column not in dataset.column_names:
-            raise ValueError(f"--{name} {column!r} is not a column of the dataset; it has {dataset.column_names}.")
+            raise ValueError(f"`{name}` {column!r} is not a column of the dataset; it has {dataset.column_names}.")
     feature = dataset.features[label_column]
     if hasattr(feature, "names"):
         id2label = dict(enumerate(feature.names))
     else:
         id2label = {int(i): str(i) for i in sorted(set(dataset[label_column]))}
-    if max_samples:
+    if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     columns = {image_column: "image", label_column: "label"}
     return dataset.select_columns([image_column, label_column]).rename_columns(columns), id2label
@@ -123,6 +125,11 @@ class EpochSampler(torch.utils.data.Sampler):
         self.size, self.seed, self.epoch = size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose order `__iter__` yields (the order depends on the seed and the epoch only).
+
+        Args:
+            epoch (`int`): The epoch.
+        """
         self.epoch = epoch
 
     def __iter__(self):
@@ -135,7 +142,11 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def collate(examples: list[dict]) -> dict:
-    """Stacks `pixels` (images) or `mean`/`std` (a latent cache) and the labels of a list of examples."""
+    """Stacks `pixels` (images) or `mean`/`std` (a latent cache) and the labels of a list of examples.
+
+    Args:
+        examples (`list[dict]`): Dataset rows, each with `label` and either `pixels` or `mean` and `std`.
+    """
     batch = {"label": torch.tensor([int(e["label"]) for e in examples])}
     for key in ("pixels", "mean", "std"):
         if key in examples[0]:
