@@ -133,7 +133,7 @@ def benchmark_flags(result: dict, pipe) -> str:
 
 def write_card(pipe, result: dict, folder: Path) -> None:
     """Renders `hub_cards/mpdit-demo.md` with a run's figures into the model folder `folder`, as README.md."""
-    from diffusers_mpdit.hub import default_card_values, render_model_card
+    from diffusers_mpdit.loaders.hub import default_card_values, render_model_card
 
     reference, generated, args = result["reference"], result["generated"], result["args"]
     accuracy_ratio, distance_ratio = result["A_gen/A_real"], result["FD_ratio"]

@@ -1,1 +1,1 @@
-"""Model-card templates for the Hub, installed as `diffusers_mpdit.hub_cards`; `diffusers_mpdit.hub` renders them."""
+"""Model-card templates for the Hub, installed as `diffusers_mpdit.hub_cards`; `diffusers_mpdit.loaders.hub` renders them."""

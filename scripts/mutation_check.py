@@ -64,7 +64,7 @@ MUTATIONS = {
         ["tests/test_training.py::test_flow_times_follow_the_official_logit_normal"],
     ),
     "latent normalisation sign": (
-        "src/diffusers_mpdit/training/latents.py",
+        "src/diffusers_mpdit/pipelines/latents.py",
         "return (latents - shift) * scale",
         "return (latents + shift) * scale",
         ["tests/test_pipeline.py::test_latent_normalisation_uses_mean_std_or_shift_scale"],

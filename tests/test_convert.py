@@ -15,10 +15,10 @@ from diffusers_mpdit.convert import (
     ConversionError,
     convert_checkpoint,
     infer_config,
-    load_official_state_dict,
     official_to_diffusers,
     strip_prefixes,
 )
+from diffusers_mpdit.models.official_layout import load_official_checkpoint
 
 
 def official_checkpoint(path, seed=0, compiled=False, **kwargs):
@@ -66,7 +66,7 @@ def test_convert_checkpoint_writes_safetensors_and_reproduces_reference(tmp_path
     ckpt = official_checkpoint(tmp_path / "official.pt", compiled=True)
     out = tmp_path / "converted"
     convert_checkpoint(ckpt, out, num_attention_heads=4)
-    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors", "transformer_mpdit.py"]
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left behind
     umask = os.umask(0)
     os.umask(umask)
@@ -86,10 +86,11 @@ def test_weights_choice_picks_model_or_ema(tmp_path):
     ckpt = official_checkpoint(tmp_path / "official.pt")
     saved = torch.load(ckpt, weights_only=False)
     for which in ("ema", "model"):
-        loaded = load_official_state_dict(ckpt, which)
+        loaded, args = load_official_checkpoint(ckpt, which)
         assert torch.equal(loaded["x_embedder.proj.weight"], saved[which]["x_embedder.proj.weight"])
+        assert args == vars(saved["args"])
     with pytest.raises(ValueError, match="`weights` must be one of"):
-        load_official_state_dict(ckpt, "opt")
+        load_official_checkpoint(ckpt, "opt")
 
 
 def test_checkpoint_is_loaded_with_weights_only(tmp_path):
@@ -100,7 +101,7 @@ def test_checkpoint_is_loaded_with_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"ema": {}, "args": Evil()}, path)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
-        load_official_state_dict(path)
+        load_official_checkpoint(path)
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
@@ -138,13 +139,13 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_checkpoint(ckpt, out)
     convert_checkpoint(ckpt, out, overwrite=True)
-    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors", "transformer_mpdit.py"]
 
 
 MPDIT = str(Path(sys.executable).with_name("mpdit"))  # the console script of the installed package
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "diffusers_mpdit.convert"], [MPDIT, "convert"]])
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "diffusers_mpdit", "convert"], [MPDIT, "convert"]])
 def test_command_line(tmp_path, command):
     ckpt = official_checkpoint(tmp_path / "official.pt", levels=3, depths=(1, 1, 1))
     out = tmp_path / "cli"
@@ -176,7 +177,7 @@ def test_vae_option_assembles_a_complete_pipeline(tmp_path):
     tiny_vae(latents_mean=None, latents_std=None).save_pretrained(tmp_path / "sd-vae")
     out = tmp_path / "pipeline"
     run = subprocess.run(
-        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(out)]
+        [sys.executable, "-m", "diffusers_mpdit", "convert", "--checkpoint", str(ckpt), "--output", str(out)]
         + ["--num-heads", "4", "--vae", str(tmp_path / "sd-vae")],
         capture_output=True,
         text=True,
@@ -193,7 +194,16 @@ def test_vae_option_assembles_a_complete_pipeline(tmp_path):
     assert image.size == (32, 32)  # latent 16 x VAE factor 2
 
     missing = subprocess.run(
-        [sys.executable, "-m", "diffusers_mpdit.convert", "--checkpoint", str(ckpt), "--output", str(tmp_path / "x")]
+        [
+            sys.executable,
+            "-m",
+            "diffusers_mpdit",
+            "convert",
+            "--checkpoint",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "x"),
+        ]
         + ["--vae", str(tmp_path / "no-such-vae"), "--num-heads", "4"],
         capture_output=True,
         text=True,

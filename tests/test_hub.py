@@ -16,7 +16,7 @@ from conftest import tiny_pipeline
 from huggingface_hub import HfApi, hf_hub_download
 
 from diffusers_mpdit.data import imagenet1k_id2label
-from diffusers_mpdit.hub import TEMPLATES, card_template_for, render_model_card
+from diffusers_mpdit.loaders.hub import TEMPLATES, card_template_for, render_model_card
 
 ALICE, BOB = "hf_alice_write", "hf_bob_write"
 
@@ -153,7 +153,8 @@ def test_push_to_hub_and_pull_in_a_fresh_process(hub, tmp_path):
     readme = open(hf_hub_download("alice/round-trip", "README.md", token=ALICE)).read()
     assert "library_name: diffusers" in readme and 'MPDiTPipeline.from_pretrained("alice/round-trip")' in readme
     index = json.load(open(hf_hub_download("alice/round-trip", "model_index.json", token=ALICE)))
-    assert index["transformer"] == ["diffusers_mpdit.models.transformer_mpdit", "MPDiTTransformer2DModel"]
+    assert index["transformer"] == ["transformer_mpdit", "MPDiTTransformer2DModel"]  # diffusers' remote-code form
+    assert "transformer/transformer_mpdit.py" in files
 
     script = textwrap.dedent(
         f"""
@@ -193,27 +194,21 @@ def test_push_with_a_wrong_token_fails_clearly():
 
 
 def test_diffusion_pipeline_custom_pipeline_from_the_hub(tmp_path):
-    """diffusers 0.42 rejects a repo id whose components come from a third-party library before it looks at
-    `custom_pipeline`; downloading the snapshot first is the documented way, and it works."""
+    """The older route, `custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE`, keeps working, from a repo id (whose
+    components diffusers now finds through their entry points) and from a downloaded snapshot."""
     tiny_pipeline().push_to_hub("alice/custom-code", token=ALICE)
     script = textwrap.dedent(
         """
         import diffusers_mpdit
         from diffusers import DiffusionPipeline
         from huggingface_hub import snapshot_download
-        try:
-            DiffusionPipeline.from_pretrained(
-                "alice/custom-code", custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE, trust_remote_code=True
+        for source in ("alice/custom-code", snapshot_download("alice/custom-code")):
+            pipe = DiffusionPipeline.from_pretrained(
+                source, custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE, trust_remote_code=True
             )
-            raise SystemExit("diffusers now resolves repo ids itself: update the README and this test")
-        except ValueError as error:
-            assert "does not exist in alice/custom-code" in str(error), error
-        pipe = DiffusionPipeline.from_pretrained(
-            snapshot_download("alice/custom-code"), custom_pipeline=diffusers_mpdit.CUSTOM_PIPELINE, trust_remote_code=True
-        )
-        assert type(pipe).__name__ == "MPDiTPipeline"
-        pipe.set_progress_bar_config(disable=True)
-        print(pipe(class_labels="coat", num_inference_steps=1, output_type="np").images.shape)
+            assert type(pipe).__name__ == "MPDiTPipeline"
+            pipe.set_progress_bar_config(disable=True)
+            print(pipe(class_labels="coat", num_inference_steps=1, output_type="np").images.shape)
         """
     )
     run = subprocess.run(
@@ -224,7 +219,7 @@ def test_diffusion_pipeline_custom_pipeline_from_the_hub(tmp_path):
         env={**os.environ, "HF_TOKEN": ALICE},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "(1, 16, 16, 3)" in run.stdout
+    assert run.stdout.count("(1, 16, 16, 3)") == 2
 
 
 def test_local_hub_speaks_whoami_ranges_and_validate_yaml(hub):

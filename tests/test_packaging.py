@@ -39,7 +39,7 @@ def test_wheel_ships_the_top_level_hub_cards_and_renders_them_installed(tmp_path
         """
         import json, sys
         import diffusers_mpdit
-        from diffusers_mpdit.hub import render_model_card
+        from diffusers_mpdit.loaders.hub import render_model_card
         card = render_model_card(
             "mpdit", repo_id="me/model", title="t", license="apache-2.0", datasets=[], patch_sizes=[4, 2],
             depths=[2, 2], width=32, parameters="0.1M", num_classes=10, resolution="16x16", pixel_space=True,

@@ -21,8 +21,8 @@ _EXPORTS = {
     "PRESETS": "models.presets",
     "SamplingConfig": "sampling",
     "default_scheduler": "pipelines.timesteps",
-    "denormalize_latents": "training.latents",
-    "normalize_latents": "training.latents",
+    "denormalize_latents": "pipelines.latents",
+    "normalize_latents": "pipelines.latents",
     "official_euler_sigmas": "pipelines.timesteps",
 }
 __all__ = ["BUNDLED_MODEL", "CUSTOM_PIPELINE", "__version__", *_EXPORTS]

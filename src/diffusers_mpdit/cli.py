@@ -27,6 +27,7 @@ from .sampling import (
     default_device,
     load_pipeline,
     one_line,
+    quiet_backend_warnings,
     upscale_nearest,
 )
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_backend_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     command = parser.subcommands[args.command]

@@ -511,6 +511,21 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
         raise ValueError(f"device {device!r}: {one_line(error)}") from None
 
 
+# Loggers of optional backends that warn at import, about nothing a user of ours can act on: torchao installed on a
+# machine without its CUDA kernels logs each missing kernel (and torch a deprecated registration of torchao's), and
+# diffusers' torchao quantizer that it cannot list torchao 0.18's serialisable tensor types.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
+def quiet_backend_warnings() -> None:
+    """Raises `QUIET_LOGGERS` to errors only, so that a front end's output (one-line errors included) is its own.
+    Call it before anything imports diffusers; the library itself leaves every logger alone."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (or its type's name, if it has none).
 

@@ -10,6 +10,8 @@ This module path is recorded in every saved pipeline's `model_index.json`: never
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
 
@@ -23,7 +25,6 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from ..loaders.single_file import FromOfficialCheckpointMixin
 from .attention_mpdit import MPDiTAttention
 from .embeddings import (
     ClassTokenEmbedding,
@@ -32,6 +33,8 @@ from .embeddings import (
     get_2d_sincos_pos_embed_grid,
 )
 from .presets import get_preset
+from .remote_code import write_entry_point
+from .single_file import FromOfficialCheckpointMixin
 
 TIME_EMBEDDING_TYPES = ("fno", "mlp")
 MODULATION_TYPES = ("shared", "per_block")
@@ -217,6 +220,10 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
     _no_split_modules = ["MPDiTBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
     _repeated_blocks = ["MPDiTBlock"]
+    # The FNO's one-input lift and its FFTs lose the time signal in half precision, and quantizers cannot pack a
+    # Linear(1, width): keep the time embedding float32 on load and out of the quantizers. "lift" is named as well
+    # because Quanto matches leaf names only (it would still quantize the FNO's last, ordinary-sized `proj`).
+    _keep_in_fp32_modules = ["time_embed", "lift"]
 
     @register_to_config
     def __init__(
@@ -282,6 +289,51 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
             **overrides: Config values that replace the preset's (e.g. `num_classes=10`, `in_channels=1`).
         """
         return cls(**{**get_preset(name), **overrides})
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple:
+        # `auto_map` is for `AutoModel`, not a setting: without this, every load would warn that it is unexpected.
+        return super().extract_init_dict({k: v for k, v in config_dict.items() if k != "auto_map"}, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        save_function: Callable | None = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        push_to_hub: bool = False,
+        use_flashpack: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """diffusers' `save_pretrained`, plus the entry point that `config.json`'s `auto_map` names, so that
+        `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads the folder without importing this package.
+        The signature is diffusers' own, spelled out because `DiffusionPipeline.save_pretrained` passes `variant`
+        and the like only to a method that names them.
+
+        Args:
+            save_directory, is_main_process, save_function, safe_serialization, variant, max_shard_size,
+            use_flashpack: As in [`ModelMixin.save_pretrained`].
+            push_to_hub (`bool`, defaults to `False`): Upload the folder afterwards, entry point included, with
+                `push_to_hub`; `repo_id` (default: the folder's name), `token`, `private`, `commit_message` and
+                `create_pr` go to it.
+            **kwargs: For `push_to_hub`.
+        """
+        super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            save_function=save_function,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            max_shard_size=max_shard_size,
+            use_flashpack=use_flashpack,
+        )
+        if is_main_process:
+            write_entry_point(save_directory, type(self))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
+            self.push_to_hub(repo_id, safe_serialization=safe_serialization, variant=variant, **kwargs)
 
     def initialize_weights(self) -> None:
         """The official initialisation: Xavier-uniform Linears and patch convs with zero biases, N(0, 0.02) class
@@ -373,7 +425,8 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
         dim = self.hidden_size
 
         # Embed: time -> shared modulation; coarsest patches + positions; class tokens in front.
-        temb = self.time_embed(timestep)
+        # The time embedding stays float32 (`_keep_in_fp32_modules`); the rest runs in the input's dtype.
+        temb = self.time_embed(timestep).to(hidden_states.dtype)
         if self.shared_modulation is not None:
             conditioning = self.shared_modulation(temb).unflatten(-1, (6, 1, dim))  # (B, 6, 1, D)
         else:
@@ -451,6 +504,10 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
                 f"got {class_labels.tolist()}."
             )
         return timestep, class_labels
+
+
+# `config.json` names the entry point in `auto_map`, for `AutoModel.from_pretrained(..., trust_remote_code=True)`.
+MPDiTTransformer2DModel.register_for_auto_class("AutoModel")
 
 
 def _expand_to_batch(values: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:

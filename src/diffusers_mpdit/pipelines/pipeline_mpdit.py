@@ -17,17 +17,17 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..hub import HubMixin
+from ..loaders import HubMixin, RemoteCodeMixin
 from ..models.transformer_mpdit import MPDiTTransformer2DModel
-from ..training.latents import denormalize_latents
 from .class_names import ClassNames
 from .guidance import check_guidance_interval, check_guidance_scale
+from .latents import denormalize_latents
 from .timesteps import calculate_shift, retrieve_timesteps
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class MPDiTPipeline(HubMixin, DiffusionPipeline):
+class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
     r"""Class-conditional image generation with MPDiT.
 
     Args:
@@ -244,14 +244,15 @@ class MPDiTPipeline(HubMixin, DiffusionPipeline):
                 guides at every step whatever the default.
             num_images_per_prompt (`int`, defaults to 1): Images per class label.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per image.
-            latents (`torch.Tensor`, *optional*): Initial noise of shape `(batch, C, h, w)`.
+            latents (`torch.Tensor`, *optional*): Initial noise of shape `(batch, C, h, w)`; used in float32.
             height (`int`, *optional*): Image height in pixels; defaults to the model's `sample_size` times the VAE
                 factor. Any multiple of the VAE factor times the coarsest patch size works.
             width (`int`, *optional*): Image width in pixels; same default and rule.
             sigmas (`list[float]`, *optional*): Custom flow times for schedulers that accept them.
                 `sigmas=official_euler_sigmas(250)` with the default scheduler is the official 250-point ODE sampler;
                 [`FlowMatchEulerMaruyamaScheduler`] is the official SDE sampler.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (model-space latents).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (model-space latents,
+                float32 whatever the transformer's dtype).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): Called as `fn(pipe, step, timestep, callback_kwargs)` after
                 each scheduler step; may return replacements for the tensors it was given.
@@ -287,7 +288,10 @@ class MPDiTPipeline(HubMixin, DiffusionPipeline):
             cfg_ids = torch.cat([class_ids, torch.full_like(class_ids, config.num_classes)])
         else:
             batch_size = num_images_per_prompt
-        latents = self.prepare_latents(batch_size, height, width, self.transformer.dtype, device, generator, latents)
+        # Latents, guidance and scheduler arithmetic stay float32 from step to step whatever the transformer's dtype:
+        # in bf16, 250 small steps would each be rounded to 8 bits of mantissa. Only the transformer's input is cast.
+        latents = self.prepare_latents(batch_size, height, width, torch.float32, device, generator, latents)
+        model_dtype = self.transformer.dtype
 
         extra_set_timesteps = {}
         # A scheduler built with from_config keeps the keys it does not use (e.g. the SDE one, a FlowMatchEuler
@@ -330,8 +334,8 @@ class MPDiTPipeline(HubMixin, DiffusionPipeline):
                     model_input = scale_model_input(model_input, t)
                 model_t = (t.float() / self.scheduler.config.num_train_timesteps).expand(model_input.shape[0])
                 labels = cfg_ids if guided else class_ids
-                velocity = self.transformer(model_input, model_t, labels, return_dict=False)[0]
-                velocity = velocity[:, :in_channels]  # "joint" models predict extra channels
+                velocity = self.transformer(model_input.to(model_dtype), model_t, labels, return_dict=False)[0]
+                velocity = velocity[:, :in_channels].float()  # "joint" models predict extra channels
                 if guided:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + self.guidance_scale * (cond - uncond)

@@ -1,6 +1,7 @@
 """Training helpers shared by the example scripts and the tests: data, the flow-matching objective, latent
 normalisation and caches, checkpoints."""
 
+from ..pipelines.latents import denormalize_latents, normalize_latents
 from .checkpoints import CHECKPOINT_FILES, check_checkpoint, list_checkpoints, save_checkpoint
 from .data import (
     EpochSampler,
@@ -19,7 +20,6 @@ from .flow_matching import (
     step_generator,
 )
 from .latent_cache import LatentCacheDataset
-from .latents import denormalize_latents, normalize_latents
 
 __all__ = [
     "CHECKPOINT_FILES",

@@ -1,4 +1,7 @@
-"""The Hugging Face Hub: loading pipelines from repo ids, pushing them with a model card, and rendering the cards.
+"""The Hugging Face Hub for [`MPDiTPipeline`]: loading from repo ids, pushing with a model card, rendering the cards.
+
+Pipelines are read through their attributes only (`transformer.config`, `vae`, `id2label`): this module sits below
+`pipelines/`, which mixes `HubMixin` in.
 
 Card templates are the Jinja2 Markdown files (with YAML front matter) of the repository's top-level `hub_cards/`,
 installed as `diffusers_mpdit.hub_cards`. Rendering is strict: a value a template needs and was not given is an
@@ -13,10 +16,8 @@ import tempfile
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # annotations only: the Hub client and the pipeline are imported when used
+if TYPE_CHECKING:  # annotations only: the Hub client is imported when used
     from huggingface_hub import ModelCard
-
-    from .pipelines.pipeline_mpdit import MPDiTPipeline
 
 TEMPLATES = ("mpdit-xl-256", "mpdit-xl-512", "mpdit-b-256", "mpdit-demo", "mpdit-trained", "mpdit")
 HUB_KEYS = ("revision", "cache_dir", "token", "force_download", "proxies")
@@ -51,7 +52,7 @@ def render_model_card(template: str, **values: Any) -> ModelCard:
     return ModelCard(text)
 
 
-def card_template_for(pipeline: MPDiTPipeline) -> str:
+def card_template_for(pipeline: Any) -> str:
     """The published configuration a pipeline matches, or the generic `"mpdit"` card.
 
     Args:
@@ -73,7 +74,7 @@ def card_template_for(pipeline: MPDiTPipeline) -> str:
     return published.get((*shape, config.sample_size), "mpdit")
 
 
-def default_card_values(pipeline: MPDiTPipeline, repo_id: str) -> dict[str, Any]:
+def default_card_values(pipeline: Any, repo_id: str) -> dict[str, Any]:
     """Values every template can draw on, read from the pipeline itself.
 
     Args:
