@@ -40,6 +40,8 @@ setup(
         "train": ["datasets>=3.0", "tensorboard>=2.14"],
         "demo": ["gradio>=5.0"],
         "xformers": ["xformers>=0.0.28"],
+        # Quantized loading (TorchAoConfig, QuantoConfig); bitsandbytes and fp8 need a GPU and are not listed.
+        "quant": ["torchao>=0.10", "optimum-quanto>=0.2"],
         "dev": [
             "pytest>=8.0",
             "ruff>=0.6",

