@@ -273,3 +273,97 @@ def test_from_single_file_downloads_a_hub_file(hub, tmp_path):
 def test_from_single_file_bad_references(link, error, match):
     with pytest.raises(error, match=match):
         MPDiTTransformer2DModel.from_single_file(link)
+
+
+def fno_grid_checkpoint(path, grid=48, args=True):
+    """An official checkpoint whose FNO samples `grid` points, a setting no tensor shape shows."""
+    reference = randomize_(OfficialMPDiT(fno=(32, 16, grid)), 4).eval()
+    state = reference.state_dict()
+    checkpoint = {"ema": state, "model": state}
+    if args:
+        # Recorded under the spelling of an argparse flag, not under our config key.
+        checkpoint["args"] = argparse.Namespace(model="MPDiT-XL/4x", fno_grid=grid, num_heads=4)
+    torch.save(checkpoint, path)
+    return reference
+
+
+def test_from_single_file_reads_settings_from_args_and_takes_overrides(tmp_path):
+    reference = fno_grid_checkpoint(tmp_path / "grid48.pt")
+    x, t, y = torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([3, 10])
+    with torch.no_grad():
+        expected = reference(x, t, y)
+
+    def output(model):
+        with torch.no_grad():
+            return model(x, t, y).sample
+
+    model = MPDiTTransformer2DModel.from_single_file(tmp_path / "grid48.pt")
+    assert model.config.fno_grid_size == 48 and model.config.num_attention_heads == 4
+    torch.testing.assert_close(output(model), expected, rtol=0, atol=2e-6)
+
+    # The same weights as a bare state dict, in memory: nothing records the grid, so the default (32) is wrong...
+    state_dict = dict(reference.state_dict())
+    wrong = MPDiTTransformer2DModel.from_single_file(state_dict, num_attention_heads=4)
+    assert wrong.config.fno_grid_size == 32 and (output(wrong) - expected).abs().max() > 1e-4
+    # ...until an override, a config dict or a config folder supplies it.
+    folder = tmp_path / "config-folder"
+    model.save_pretrained(folder)
+    for kwargs in (
+        {"fno_grid_size": 48, "num_attention_heads": 4},
+        {"config": {"fno_grid_size": 48, "num_attention_heads": 4}},
+        {"config": str(folder)},
+        {"config": str(folder / "config.json")},
+    ):
+        loaded = MPDiTTransformer2DModel.from_single_file(state_dict, **kwargs)
+        assert loaded.config.fno_grid_size == 48, kwargs
+        torch.testing.assert_close(output(loaded), expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"num_classes": 5}, r"`num_classes`=5 disagrees with the checkpoint, whose tensor shapes give 10"),
+        ({"depths": [3, 1]}, r"`depths`=\[3, 1\] disagrees with the checkpoint, whose tensor shapes give \[2, 1\]"),
+        (
+            {"num_attention_heads": 5},
+            r"`num_attention_heads` x `attention_head_dim` must equal the checkpoint's width 64",
+        ),
+        ({"config": {"patch_sizes": [8, 4]}}, r"`patch_sizes`=\[8, 4\] disagrees"),
+        ({"fno_grid": 48}, r"Unknown config keys \['fno_grid'\] for MPDiTTransformer2DModel"),
+    ],
+)
+def test_from_single_file_override_that_contradicts_the_checkpoint_is_one_line(tmp_path, overrides, match):
+    fno_grid_checkpoint(tmp_path / "grid48.pt")
+    with pytest.raises(ConversionError, match=match) as info:
+        MPDiTTransformer2DModel.from_single_file(tmp_path / "grid48.pt", **overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_from_single_file_dtype_device_and_quantization(tmp_path):
+    reference = fno_grid_checkpoint(tmp_path / "grid48.pt")
+    x, t, y = torch.randn(2, 4, 32, 32), torch.rand(2), torch.tensor([3, 10])
+    with torch.no_grad():
+        expected = reference(x, t, y)
+
+    model = MPDiTTransformer2DModel.from_single_file(tmp_path / "grid48.pt", dtype=torch.bfloat16, device="cpu")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert all(p.dtype == torch.float32 for p in model.time_embed.parameters())  # _keep_in_fp32_modules
+    with torch.no_grad():
+        out = model(x.bfloat16(), t, y).sample.float()
+    assert (torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)) < 0.03
+    with pytest.raises(ValueError, match="`dtype` must be a torch.dtype"):
+        MPDiTTransformer2DModel.from_single_file(tmp_path / "grid48.pt", dtype="bf16")
+
+    pytest.importorskip("optimum.quanto")
+    from diffusers import QuantoConfig
+    from optimum.quanto import QLinear
+
+    quantized = MPDiTTransformer2DModel.from_single_file(
+        tmp_path / "grid48.pt", quantization_config=QuantoConfig(weights_dtype="int8")
+    )
+    assert isinstance(quantized.transformer_blocks[0].attn.to_q, QLinear)
+    assert type(quantized.time_embed.lift) is torch.nn.Linear
+    with torch.no_grad():
+        out = quantized(x, t, y).sample
+    error = torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)
+    assert 0 < error < 0.03

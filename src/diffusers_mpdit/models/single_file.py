@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +23,12 @@ from .official_layout import (
 )
 from .presets import PRESETS
 
-# Settings the tensor shapes cannot show, read from the official `args` when it records them under our names.
-ARGS_SETTINGS = ("fno_grid_size", "num_attention_heads")
+# Settings the tensor shapes cannot show, read from the official `args` under any of these names (our config key,
+# then the spellings an argparse flag would have; the official release's own flag names are not yet published).
+ARGS_SETTINGS = {
+    "fno_grid_size": ("fno_grid_size", "fno_grid", "grid_size"),
+    "num_attention_heads": ("num_attention_heads", "num_heads"),
+}
 
 
 class FromOfficialCheckpointMixin:
@@ -119,7 +124,11 @@ def resolve_config(
     if unknown:
         raise ConversionError(f"Unknown config keys {unknown} for {model_cls.__name__}; it takes {sorted(known)}.")
     width = _width(state_dict)
-    hidden = {k: args[k] for k in ARGS_SETTINGS if args.get(k) is not None}
+    hidden = {}
+    for key, names in ARGS_SETTINGS.items():
+        found = [args[name] for name in names if args.get(name) is not None]
+        if found:
+            hidden[key] = found[0]
     preset = PRESETS.get(str(args.get("model")))
     if preset and preset["num_attention_heads"] * preset["attention_head_dim"] == width:
         hidden.setdefault("num_attention_heads", preset["num_attention_heads"])
@@ -164,41 +173,32 @@ def _read_config(model_cls: type, config: Any, subfolder: str | None, hub_kwargs
 
 
 def _load_into_model(model_cls, config, state_dict, dtype, device, quantization_config):
-    """diffusers' single-file loading path: a meta-device model filled by `load_model_dict_into_meta`, with the
-    quantizer's pre- and post-processing and `_keep_in_fp32_modules` honoured."""
+    """A meta-device model filled by diffusers' `load_model_dict_into_meta`, with `_keep_in_fp32_modules` honoured;
+    with a `quantization_config`, diffusers' own `from_pretrained` on a temporary folder, since each quantizer's
+    loading hooks expect that exact path (Quanto's layers, for one, are left empty by a direct fill)."""
     from accelerate import init_empty_weights
     from diffusers.models.model_loading_utils import load_model_dict_into_meta
-    from diffusers.quantizers import DiffusersAutoQuantizer
 
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise ValueError(f"`dtype` must be a torch.dtype, got {dtype!r}.")
-    quantizer = None
-    if quantization_config is not None:
-        quantizer = DiffusersAutoQuantizer.from_config(quantization_config)
-        quantizer.validate_environment()
-        dtype = quantizer.update_torch_dtype(dtype)
-    keep_in_fp32 = []
-    if model_cls._keep_in_fp32_modules and (
-        quantizer is None or getattr(quantizer, "use_keep_in_fp32_modules", False)
-    ):
-        keep_in_fp32 = list(model_cls._keep_in_fp32_modules)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     with init_empty_weights():
         model = model_cls.from_config(config)
-    if quantizer is not None:
-        quantizer.preprocess_model(
-            model=model, device_map=None, state_dict=state_dict, keep_in_fp32_modules=keep_in_fp32
-        )
+    if quantization_config is not None:
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory(prefix="mpdit-single-file-") as folder:
+            model.save_config(folder)
+            weights = {key: value.contiguous() for key, value in state_dict.items()}
+            save_file(weights, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+            del weights
+            return model_cls.from_pretrained(
+                folder, dtype=dtype, quantization_config=quantization_config, device_map={"": device}
+            ).eval()
+    keep_in_fp32 = list(model_cls._keep_in_fp32_modules or [])
     load_model_dict_into_meta(
-        model,
-        state_dict,
-        dtype=dtype,
-        device_map={"": torch.device(device) if device is not None else torch.device("cpu")},
-        hf_quantizer=quantizer,
-        keep_in_fp32_modules=keep_in_fp32,
+        model, state_dict, dtype=dtype, device_map={"": device}, keep_in_fp32_modules=keep_in_fp32
     )
-    if quantizer is not None:
-        quantizer.postprocess_model(model)
-        model.hf_quantizer = quantizer
     return model.eval()
 
 
