@@ -105,8 +105,8 @@ def default_card_values(pipeline: Any, repo_id: str) -> dict[str, Any]:
 class HubMixin:
     """`from_pretrained` for Hub repo ids and `push_to_hub` with a rendered model card, for [`MPDiTPipeline`].
 
-    diffusers 0.42 cannot resolve the components of a third-party library from a repo id, so a repo id is downloaded
-    with `huggingface_hub.snapshot_download` first and then loaded as a folder.
+    A repo id is downloaded with `huggingface_hub.snapshot_download` first and then loaded as a folder, so that the
+    folder's remote-code entries are read as the package's classes (`RemoteCodeMixin`) without running its files.
     """
 
     @classmethod
