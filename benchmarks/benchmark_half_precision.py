@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "settings": {
-            "model": str(args.model),
+            "model": "bundled" if args.model == BUNDLED_MODEL else str(args.model),
             "num_images": args.num_images,
             "steps": args.steps,
             "seed": args.seed,

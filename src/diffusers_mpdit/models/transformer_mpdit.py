@@ -329,7 +329,8 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
             max_shard_size=max_shard_size,
             use_flashpack=use_flashpack,
         )
-        if is_main_process:
+        # A subclass defined elsewhere (a script's __main__, say) has no module an entry point could import.
+        if is_main_process and type(self).__module__.startswith("diffusers_mpdit."):
             write_entry_point(save_directory, type(self))
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))

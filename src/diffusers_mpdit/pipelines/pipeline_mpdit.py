@@ -345,7 +345,7 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
                     tensors = {"latents": latents}
                     callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
+                    latents = callback_outputs.pop("latents", latents).float()  # a callback's too stays float32
 
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
