@@ -1,6 +1,6 @@
 """Half-precision drift of the bundled model: images drawn with a bf16 or fp16 transformer against float32.
 
-    python benchmarks/benchmark_half_precision.py [--num_images 6] [--steps 250] [--output_json PATH]
+    python benchmarks/benchmark_half_precision.py [--num_images 6] [--steps 250] [--output_json PATH (default: beside the script)]
 
 The official 250-point ODE (`SamplingConfig(scheduler="ode")`) with the model's saved guidance, image i from its own
 seeded generator. Rows, each against the float32 pipeline on the same noise (0..1 scale):
@@ -15,15 +15,12 @@ seeded generator. Rows, each against the float32 pipeline on the same noise (0..
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-from pathlib import Path
 
 import numpy as np
 import torch
+from timing import environment, write_result
 
 from diffusers_mpdit import BUNDLED_MODEL, MPDiTPipeline
-from diffusers_mpdit.atomic import atomic_path
 from diffusers_mpdit.sampling import SamplingConfig, quiet_backend_warnings
 
 
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num_images", type=int, default=6, help="images per row, classes 0, 1, ... in turn")
     p.add_argument("--steps", type=int, default=250, help="time points of the official ODE")
     p.add_argument("--seed", type=int, default=0, help="image i draws its noise with seed + i")
-    p.add_argument("--output_json", help="also write the figures here")
+    p.add_argument("--output_json", help="where to write the figures (default: the .json beside this script)")
     args = p.parse_args(argv)
     quiet_backend_warnings()
     torch.manual_seed(0)
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in figures.items():
         print(f"{name:32} {row['mean']:8.4f} {row['max']:8.4f} {before / row['mean']:14.1f}x")
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "machine": environment(),
         "settings": {
             "model": "bundled" if args.model == BUNDLED_MODEL else str(args.model),
             "num_images": args.num_images,
@@ -113,9 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "difference_from_float32": figures,
     }
-    if args.output_json:
-        with atomic_path(Path(args.output_json)) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(__file__, result, args.output_json)
     return result
 
 

@@ -1,6 +1,6 @@
 """Memory and output error of the XL/4x transformer under each loading scheme, against float32 and bf16.
 
-    python benchmarks/benchmark_quantization.py [--preset MPDiT-XL/4x] [--batch_size 4] [--output_json PATH]
+    python benchmarks/benchmark_quantization.py [--preset MPDiT-XL/4x] [--batch_size 4] [--output_json PATH (default: beside the script)]
 
 The preset is built with the official initialisation, and its zero-initialised layers (modulation, output) are given
 N(0, 0.02) weights so that every layer carries signal; it is saved once and loaded through
@@ -19,15 +19,12 @@ need a CUDA GPU and are not measured here.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
-from pathlib import Path
 
 import torch
+from timing import environment, write_result
 
 from diffusers_mpdit import MPDiTTransformer2DModel
-from diffusers_mpdit.atomic import atomic_path
 from diffusers_mpdit.sampling import quiet_backend_warnings
 
 
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="MPDiT-XL/4x", help="a name of diffusers_mpdit.PRESETS")
     p.add_argument("--batch_size", type=int, default=4, help="latents in the batch the error is measured on")
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch")
-    p.add_argument("--output_json", help="also write the figures here")
+    p.add_argument("--output_json", help="where to write the figures (default: the .json beside this script)")
     args = p.parse_args(argv)
     quiet_backend_warnings()
     torch.manual_seed(args.seed)
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torchao
 
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "machine": environment(),
         "versions": {
             "diffusers": diffusers.__version__,
             "torchao": torchao.__version__,
@@ -137,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"preset": args.preset, "batch_size": args.batch_size, "seed": args.seed},
         "schemes": rows,
     }
-    if args.output_json:
-        with atomic_path(Path(args.output_json)) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(__file__, result, args.output_json)
     return result
 
 
