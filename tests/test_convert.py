@@ -367,3 +367,51 @@ def test_from_single_file_dtype_device_and_quantization(tmp_path):
         out = quantized(x, t, y).sample
     error = torch.linalg.vector_norm(out - expected) / torch.linalg.vector_norm(expected)
     assert 0 < error < 0.03
+
+
+def damaged_files(folder, tmp_path):
+    """A text file, and the first half of a real official .pt and of a real .safetensors state dict."""
+    from safetensors.torch import save_file
+
+    text = folder / "notes.pt"
+    text.write_text("not a checkpoint\n" * 20)
+    full = official_checkpoint(tmp_path / "full.pt")
+    save_file(strip_prefixes(torch.load(full, weights_only=False)["ema"]), tmp_path / "full.safetensors")
+    files = [text]
+    for source in (full, tmp_path / "full.safetensors"):
+        data = source.read_bytes()
+        half = folder / f"half{source.suffix}"
+        half.write_bytes(data[: len(data) // 2])
+        files.append(half)
+    return files
+
+
+def test_a_damaged_or_non_checkpoint_file_is_one_clear_error(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for path in damaged_files(folder, tmp_path):
+        for load, args in (
+            (MPDiTTransformer2DModel.from_single_file, (str(path),)),
+            (convert_checkpoint, (path, tmp_path / "out")),
+        ):
+            with pytest.raises(ConversionError) as info:
+                load(*args)
+            message = str(info.value)
+            assert message.startswith(f"{str(path)!r} is not a readable checkpoint: the file is damaged"), message
+            assert "\n" not in message
+            assert isinstance(info.value, OSError)  # as diffusers' from_pretrained raises for such a file
+        assert not (tmp_path / "out").exists()
+
+
+def test_command_line_names_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("not a checkpoint\n" * 20)
+    run = subprocess.run(
+        [sys.executable, "-m", "diffusers_mpdit", "convert", "--checkpoint", str(path), "--output", "x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    errors = [line for line in run.stderr.splitlines() if line.startswith("mpdit convert: error:")]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert len(errors) == 1 and f"{str(path)!r} is not a readable checkpoint" in errors[0], run.stderr

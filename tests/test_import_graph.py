@@ -16,7 +16,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # Bottom to top. A module may import its own layer (within its subpackage) and the layers below it.
 LAYERS = (
-    ("_lazy", "atomic", "data"),
+    ("_lazy", "arguments", "atomic", "data", "paths"),
     ("models", "schedulers"),
     ("loaders",),
     ("pipelines",),

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,7 @@ from diffusers_mpdit import (
     official_euler_sigmas,
 )
 from diffusers_mpdit.data import imagenet1k_id2label
+from diffusers_mpdit.pipelines import ClassNames
 
 
 def gen(seed=0):
@@ -134,6 +136,35 @@ def test_null_class_comes_from_the_transformer_config():
     pipe(class_labels=[1, 2], num_inference_steps=2, guidance_scale=2.0, output_type="latent")
     batch, _, labels = spy.calls[0]
     assert batch == 4 and labels.tolist() == [1, 2, 7, 7]  # one forward of [cond; uncond]
+
+
+@pytest.mark.parametrize("labels", [[10], 10, [1, 10], torch.tensor([10]), np.array([3, 10])])
+def test_the_null_class_is_refused_as_a_label_as_the_cli_refuses_it(labels):
+    pipe = tiny_pipeline()  # 10 classes: id 10 is the null class, guidance's unconditional input
+    spy = with_transformer(pipe, SpyTransformer, calls=[])
+    # What `mpdit generate --class 10` says after "--class: ", from the CLI's own call.
+    with pytest.raises(ValueError) as cli:
+        ClassNames(pipe.id2label, 10).ids(["10"], allow_null=False, parse_digits=True)
+    assert str(cli.value) == "class id 10 is out of range: ids run from 0 to 9"
+    with pytest.raises(ValueError, match=re.escape(f"`class_labels`: {cli.value} (10 is the null class")) as info:
+        pipe(class_labels=labels, num_inference_steps=1, output_type="latent")
+    assert "`guidance_scale=0`" in str(info.value) and "\n" not in str(info.value)
+    assert spy.calls == []  # refused before sampling
+
+
+def test_guidance_scale_zero_samples_the_unconditional_velocity():
+    pipe = tiny_pipeline()
+    x = torch.randn(2, 4, 8, 8, generator=gen(5))
+    out = pipe(class_labels=[1, 6], num_inference_steps=3, guidance_scale=0.0, latents=x, output_type="latent").images
+    # Euler by hand on the transformer's own unconditional prediction (no labels: the null class), no guidance formula.
+    expected, sigmas = x, pipe.scheduler.sigmas.tolist()
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        with torch.no_grad():
+            v = pipe.transformer(expected, torch.full((2,), sigma), None).sample
+        expected = expected + (sigma_next - sigma) * v
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    other = pipe(class_labels=[3, 3], num_inference_steps=3, guidance_scale=0.0, latents=x, output_type="latent")
+    torch.testing.assert_close(other.images, out, rtol=1e-5, atol=1e-5)  # whatever the labels
 
 
 def test_imagenet_labels_ship_with_the_package():
@@ -273,6 +304,30 @@ def test_default_size_comes_from_the_config():
     assert pipe(class_labels=[1], num_inference_steps=1, output_type="np").images.shape == (1, 24, 24, 3)
 
 
+def test_sizes_above_the_documented_maximum_are_refused_before_anything_is_allocated(monkeypatch):
+    pipe = tiny_pipeline()  # trained side: sample_size 8 x VAE factor 2 = 16 px, so at most 4 x 16 = 64
+    assert MPDiTPipeline.max_size_factor == 4
+
+    def no_noise(*args, **kwargs):
+        raise AssertionError("noise allocated for a size that should have been refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("diffusers_mpdit.pipelines.pipeline_mpdit.randn_tensor", no_noise)
+        for height, width in [(100000, 100000), (72, 16), (16, 72)]:
+            with pytest.raises(ValueError) as info:
+                pipe(class_labels=[1], height=height, width=width, num_inference_steps=1)
+            message = str(info.value)
+            assert message.startswith("`height` and `width` must be at most 64 (4 x the trained side 16")
+            assert "`MPDiTPipeline.max_size_factor`" in message and message.endswith(f"got {height}x{width}.")
+    assert pipe(class_labels=[1], height=64, width=64, num_inference_steps=1, output_type="latent").images.shape == (
+        1, 4, 32, 32,
+    )  # fmt: skip
+    pipe.max_size_factor = 5  # raised on one pipeline: 80 px
+    assert pipe(class_labels=[1], height=72, num_inference_steps=1, output_type="latent").images.shape[-2:] == (36, 8)
+    pipe.max_size_factor = None
+    assert pipe(class_labels=[1], width=88, num_inference_steps=1, output_type="latent").images.shape[-1] == 44
+
+
 def test_deterministic_and_batch_equals_single_runs():
     pipe = tiny_pipeline()
     kwargs = {"num_inference_steps": 3, "output_type": "np", "guidance_scale": 2.0}
@@ -406,6 +461,45 @@ def test_dtype_per_component_and_variant(tmp_path):
         MPDiTPipeline.from_pretrained(tmp_path / "fp32", variant="fp16")
 
 
+@pytest.mark.parametrize("name", ["/path/that/does/not/exist", "./missing", "~/missing", "some/local/folder"])
+def test_a_local_path_that_is_not_a_folder_is_named(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError) as info:
+        MPDiTPipeline.from_pretrained(name)
+    message = str(info.value)
+    assert message.startswith(f"The local folder {name!r}") and "does not exist" in message and "\n" not in message
+
+
+def test_a_file_is_not_a_pipeline_folder_and_a_folder_under_home_loads(tmp_path, monkeypatch):
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    index = str(tmp_path / "pipe" / "model_index.json")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{index!r} is a file, not a folder")):
+        MPDiTPipeline.from_pretrained(index)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert MPDiTPipeline.from_pretrained("~/pipe").transformer.config.num_classes == 10
+
+
+def test_a_repo_id_still_goes_to_the_hub(hub):
+    with pytest.raises(OSError) as info:
+        MPDiTPipeline.from_pretrained("alice/no-such-pipeline")
+    assert not isinstance(info.value, FileNotFoundError)
+    assert any("alice/no-such-pipeline" in path for _, path in hub.requests)
+
+
+@pytest.mark.parametrize("component", ["transformer", "vae"])
+def test_a_truncated_weights_file_is_named_as_damaged(tmp_path, component):
+    tiny_pipeline().save_pretrained(tmp_path)
+    weights = tmp_path / component / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError) as info:
+        MPDiTPipeline.from_pretrained(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{str(weights)!r} is not a readable checkpoint: the file is damaged")
+    assert "\n" not in message
+
+
 def test_diffusion_pipeline_with_custom_pipeline_and_trust_remote_code(tmp_path):
     tiny_pipeline().save_pretrained(tmp_path / "pipe")
     script = textwrap.dedent(
@@ -444,13 +538,10 @@ def test_diffusion_pipeline_with_custom_pipeline_and_trust_remote_code(tmp_path)
             {"class_labels": [1], "callback_on_step_end_tensor_inputs": ["noise"]},
             "`callback_on_step_end_tensor_inputs`",
         ),
-        (
-            {"class_labels": [11]},
-            r"`class_labels`: class id 11 is out of range: ids run from 0 to 10 \(10 is the null",
-        ),
+        ({"class_labels": [11]}, r"`class_labels`: class id 11 is out of range: ids run from 0 to 9\. See"),
         ({"class_labels": [-1]}, r"`class_labels`: class id -1 is out of range"),
         ({"class_labels": [1.5]}, "`class_labels`: expected class ids"),
-        ({"class_labels": None}, "`class_labels` is required"),
+        ({"class_labels": None}, r"`class_labels` is required: .*for unconditional samples .*`guidance_scale=0`"),
         ({"class_labels": "robot"}, "unknown class name 'robot'"),
         ({"class_labels": [1], "output_type": "jpeg"}, "`output_type` must be one of"),
         ({"class_labels": [1], "num_images_per_prompt": 0}, "`num_images_per_prompt` must be an integer >= 1"),

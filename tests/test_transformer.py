@@ -225,3 +225,51 @@ def test_per_block_models_have_no_official_layout():
     model = MPDiTTransformer2DModel.from_preset("MPDiT-tiny", modulation="per_block")
     with pytest.raises(ConversionError, match="one shared modulation"):
         diffusers_to_official(model.state_dict(), model.config)
+
+
+# --- loading errors ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["/path/that/does/not/exist", "./missing", "~/missing", "some/local/folder"])
+def test_a_local_path_that_is_not_a_folder_is_named(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError) as info:
+        MPDiTTransformer2DModel.from_pretrained(name)
+    message = str(info.value)
+    assert message.startswith(f"The local folder {name!r}") and "does not exist" in message and "\n" not in message
+
+
+def test_a_folder_under_home_loads_and_a_repo_id_still_goes_to_the_hub(tiny_model, tmp_path, monkeypatch, hub):
+    tiny_model.save_pretrained(tmp_path / "model")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = MPDiTTransformer2DModel.from_pretrained("~/model")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), tiny_model.state_dict().values()))
+    with pytest.raises(OSError) as info:
+        MPDiTTransformer2DModel.from_pretrained("alice/no-such-model")
+    assert not isinstance(info.value, FileNotFoundError)
+    assert any("alice/no-such-model" in path for _, path in hub.requests)
+
+
+@pytest.mark.parametrize(
+    "save_kwargs, pattern",
+    [
+        ({}, "diffusion_pytorch_model.safetensors"),
+        ({"safe_serialization": False}, "diffusion_pytorch_model.bin"),
+        ({"max_shard_size": "100KB"}, "diffusion_pytorch_model-00001-of-*.safetensors"),
+    ],
+    ids=["safetensors", "bin", "sharded"],
+)
+def test_a_truncated_weights_file_is_named_as_damaged(tiny_model, tmp_path, save_kwargs, pattern):
+    tiny_model.save_pretrained(tmp_path / "transformer", **save_kwargs)
+    (weights,) = (tmp_path / "transformer").glob(pattern)
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    for folder, kwargs in [(tmp_path / "transformer", {}), (tmp_path, {"subfolder": "transformer"})]:
+        with pytest.raises(OSError) as info:
+            MPDiTTransformer2DModel.from_pretrained(
+                folder, use_safetensors=save_kwargs.get("safe_serialization", True), **kwargs
+            )
+        message = str(info.value)
+        assert message.startswith(f"{str(weights)!r} is not a readable checkpoint: the file is damaged")
+        assert "\n" not in message

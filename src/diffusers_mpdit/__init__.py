@@ -6,13 +6,12 @@ Names are imported on first use: `import diffusers_mpdit` alone loads neither to
 import os
 
 from ._lazy import lazy_exports
+from .data import BUNDLED_MODEL
 
 __version__ = "0.1.0"
 
 # Path for `DiffusionPipeline.from_pretrained(path, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)`.
 CUSTOM_PIPELINE = os.path.join(os.path.dirname(__file__), "custom_pipeline.py")
-# The demo model that ships with the package: Fashion-MNIST, pixel space, 32x32 grey (see its README.md).
-BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "bundled", "mpdit-fashion-mnist")
 
 _EXPORTS = {
     "FlowMatchEulerMaruyamaScheduler": "schedulers.scheduling_flow_match_euler_maruyama",
@@ -20,6 +19,7 @@ _EXPORTS = {
     "MPDiTTransformer2DModel": "models.transformer_mpdit",
     "PRESETS": "models.presets",
     "SamplingConfig": "sampling",
+    "UnreadableCheckpointError": "models.official_layout",
     "default_scheduler": "pipelines.timesteps",
     "denormalize_latents": "pipelines.latents",
     "normalize_latents": "pipelines.latents",

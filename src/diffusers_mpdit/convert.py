@@ -24,6 +24,7 @@ from .data import imagenet1k_id2label
 from .models.official_layout import (
     WEIGHTS_CHOICES,
     ConversionError,
+    UnreadableCheckpointError,
     convert_official_state_dict,
     diffusers_to_official,
     infer_config,
@@ -37,6 +38,7 @@ __all__ = [
     "OFFICIAL_LATENTS_STD",
     "WEIGHTS_CHOICES",
     "ConversionError",
+    "UnreadableCheckpointError",
     "assemble_pipeline",
     "convert_checkpoint",
     "diffusers_to_official",

@@ -16,6 +16,8 @@ import tempfile
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from ..models.loading import check_local_folder, raise_if_unreadable_weights
+
 if TYPE_CHECKING:  # annotations only: the Hub client is imported when used
     from huggingface_hub import ModelCard
 
@@ -114,12 +116,19 @@ class HubMixin:
         """Loads from a local folder or a Hub repo id.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): A pipeline folder or a repo id.
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A pipeline folder (`~` is expanded) or a repo id
+                such as `org/name`.
             **kwargs: `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` and `proxies` are used
                 for the download; everything (`dtype`, `variant`, `device_map`, ...) goes on to
                 [`DiffusionPipeline.from_pretrained`].
+
+        Raises:
+            FileNotFoundError: for a name that can only be a local path (absolute, starting with `.` or `~`, or with
+                more than one `/`) and is not an existing folder.
+            UnreadableCheckpointError: (an OSError) for a component's weights file that is damaged or truncated,
+                naming it.
         """
-        path = str(pretrained_model_name_or_path)
+        path = check_local_folder(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             from huggingface_hub import constants, snapshot_download
             from huggingface_hub.errors import HfHubHTTPError
@@ -134,7 +143,12 @@ class HubMixin:
                     f"a private repo pass a valid `token` (or log in with `hf auth login`). The Hub said: "
                     f"{str(error).splitlines()[0]}"
                 ) from error
-        return super().from_pretrained(path, **kwargs)
+        try:
+            return super().from_pretrained(path, **kwargs)
+        except Exception as error:
+            # The transformer words its own; this catches the other components' files (the VAE's).
+            raise_if_unreadable_weights(error)
+            raise
 
     def push_to_hub(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,9 +45,71 @@ _BLOCK_MODULES = {"attn.proj": "attn.to_out.0", "mlp.fc1": "ff.net.0.proj", "mlp
 
 _PREFIXES_TO_STRIP = ("_orig_mod.", "module.")
 
+# A Git LFS pointer left where the weights should be: a repository cloned without git-lfs.
+_LFS_POINTER = b"version https://git-lfs"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_MAX_DETAIL = 200
+_WEIGHTS_ONLY = "Weights only load failed"
+_UNPICKLER_ERROR = "WeightsUnpickler error:"
+_TORCH_ADVICE = ("(1)", "(2)", "Check the documentation", "Please file an issue")
+
 
 class ConversionError(ValueError):
     """A checkpoint that does not have the official MPDiT layout."""
+
+
+class UnreadableCheckpointError(ConversionError, OSError):
+    """A weights file that cannot be read: damaged, truncated, or not a checkpoint at all.
+
+    Both a [`ConversionError`] (a ValueError, what `from_single_file` and `convert_checkpoint` raise for a file that
+    is not an official checkpoint) and an OSError (what diffusers' `from_pretrained` raises for a file it cannot
+    read), so handlers written for either keep working. The message is one line naming the file.
+    """
+
+
+def unreadable_checkpoint(
+    path: str | os.PathLike, detail: str = "", hint: str = "", reason: str | None = None
+) -> UnreadableCheckpointError:
+    """The error for a weights file that cannot be read, as every loader of the package words it.
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        detail (`str`, *optional*): What the reader said, on one line.
+        hint (`str`, *optional*): What to do about it, appended to the message.
+        reason (`str`, *optional*): Why the file cannot be read; by default that it is damaged, truncated or not a
+            safetensors (or PyTorch) file, by its extension.
+    """
+    path = os.fspath(path)
+    kind = "safetensors" if path.endswith(".safetensors") else "PyTorch"
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                reason, detail = "it is a Git LFS pointer, not the weights", ""
+                hint = "install git-lfs and run `git lfs pull`"
+    except OSError:
+        pass
+    reason = reason or f"the file is damaged, truncated or not a {kind} file"
+    message = f"{path!r} is not a readable checkpoint: {reason}" + (f" ({detail})" if detail else "")
+    return UnreadableCheckpointError(f"{message}; {hint}." if hint else f"{message}.")
+
+
+def describe_read_error(error: BaseException) -> str:
+    """A reader's exception in one short line: its type, and the part of its message that says what went wrong.
+
+    Args:
+        error (`BaseException`): What `safetensors` or `torch.load` raised.
+    """
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    if text.startswith(_WEIGHTS_ONLY):
+        # torch puts the reason after paragraphs of advice: after "WeightsUnpickler error:", or on a line of its own.
+        rest = text.split(_UNPICKLER_ERROR, 1)[1] if _UNPICKLER_ERROR in text else text.partition("\n")[2]
+        lines = [line.strip() for line in rest.splitlines()]
+        lines = [line for line in lines if line and not line.startswith(_TORCH_ADVICE)]
+        reason = f"{_WEIGHTS_ONLY}: {lines[0].split('. ')[0].rstrip('.')}" if lines else _WEIGHTS_ONLY
+    else:
+        reason = text.splitlines()[0].rstrip(".") if text else ""
+    text = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
 def _module_map(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -311,19 +374,20 @@ def _read_file(path: str) -> Mapping[str, Any]:
         try:
             return load_file(path)
         except SafetensorError as error:
-            raise ConversionError(
-                f"{path} is not a readable safetensors file (damaged or truncated?): {error}"
-            ) from None
+            raise unreadable_checkpoint(path, describe_read_error(error)) from None
     # The official "args" entry is an argparse.Namespace: allow that one class, and nothing else, to be unpickled.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConversionError(
-            f"{path} is not a readable official checkpoint (a damaged file, or one holding objects other than tensors "
-            f"and the official `args`): {first_line}"
-        ) from None
+        reason = None
+        if isinstance(error, pickle.UnpicklingError):
+            # weights_only refuses damaged bytes and objects it may not build alike: say both.
+            reason = (
+                "the file is damaged or truncated, not a PyTorch file, or holds objects other than tensors and the "
+                "official `args`"
+            )
+        raise unreadable_checkpoint(path, describe_read_error(error), reason=reason) from None
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict.")
+        raise unreadable_checkpoint(path, reason=f"it holds a {type(obj).__name__}, not a checkpoint dict")
     return obj

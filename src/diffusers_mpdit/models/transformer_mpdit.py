@@ -32,6 +32,7 @@ from .embeddings import (
     MLPTimestepEmbedding,
     get_2d_sincos_pos_embed_grid,
 )
+from .loading import check_local_folder, raise_if_unreadable_weights
 from .presets import get_preset
 from .remote_code import write_entry_point
 from .single_file import FromOfficialCheckpointMixin
@@ -289,6 +290,28 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
             **overrides: Config values that replace the preset's (e.g. `num_classes=10`, `in_channels=1`).
         """
         return cls(**{**get_preset(name), **overrides})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs: Any) -> Any:
+        """diffusers' `from_pretrained`, with clear errors for a missing folder and an unreadable weights file.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A saved model folder (`~` is expanded) or a Hub
+                repo id such as `org/name`.
+            **kwargs: As in [`ModelMixin.from_pretrained`] (`subfolder`, `dtype`, `variant`, `device_map`, ...).
+
+        Raises:
+            FileNotFoundError: for a name that can only be a local path (absolute, starting with `.` or `~`, or with
+                more than one `/`) and is not an existing folder.
+            UnreadableCheckpointError: (an OSError) for a weights file that is damaged or truncated, naming it.
+        """
+        if pretrained_model_name_or_path is not None:
+            pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except Exception as error:
+            raise_if_unreadable_weights(error)
+            raise
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> tuple:

@@ -27,6 +27,14 @@ from .timesteps import calculate_shift, retrieve_timesteps
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def _valid_with_null(class_names: ClassNames, class_labels: Any) -> bool:
+    try:
+        class_names.ids(class_labels, allow_null=True)
+    except ValueError:
+        return False
+    return True
+
+
 class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
     r"""Class-conditional image generation with MPDiT.
 
@@ -43,7 +51,18 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
             `model_index.json`, so a model can carry the setting it samples best with.
         default_guidance_interval (`tuple[float, float]`, *optional*): Likewise for `guidance_interval`; None guides
             at every step.
+
+    Attributes:
+        max_size_factor (`float`, defaults to 4): The largest `height` and `width` a call accepts, as a multiple of
+            the trained image side (`transformer.config.sample_size` times the VAE factor): a call asking for more is
+            refused before anything is allocated. A class attribute: raise it (`MPDiTPipeline.max_size_factor = 8`,
+            or on one pipeline) to sample larger images, or set None for no limit.
     """
+
+    # Beyond 4x the trained side a sample has 16x the trained token count, far from anything the model learned, and
+    # the cost grows faster still (attention is quadratic in tokens): a larger size is almost always a typo, such as
+    # 100000 that would allocate tens of GB before failing. Raise it on the class or an instance to go further.
+    max_size_factor: float = 4
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
@@ -139,8 +158,8 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
             return None
         if class_labels is None:
             raise ValueError(
-                f"`class_labels` is required: class ids, names, or {num_classes} (the null class) for unconditional "
-                "samples."
+                f"`class_labels` is required: class ids (0 to {num_classes - 1}) or names; for unconditional samples "
+                "give any class with `guidance_scale=0`."
             )
         if isinstance(class_labels, torch.Tensor):
             if class_labels.is_floating_point() or class_labels.dtype == torch.bool:
@@ -148,10 +167,18 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
                     f"`class_labels` must be class ids (integers) or names, got dtype {class_labels.dtype}."
                 )
             class_labels = class_labels.reshape(-1).tolist()
+        class_names = ClassNames(self.id2label, num_classes)
+        # The null class is guidance's own input, refused as the CLI refuses it: a label of it would silently give an
+        # unconditional sample, which `guidance_scale=0` asks for explicitly.
         try:
-            ids = ClassNames(self.id2label, num_classes).ids(class_labels)
+            ids = class_names.ids(class_labels, allow_null=False)
         except ValueError as error:
-            raise ValueError(f"`class_labels`: {error}. See `pipe.labels`.") from None
+            hint = ""
+            if _valid_with_null(class_names, class_labels):  # the null id was the only problem: say what to do
+                hint = (
+                    f" ({num_classes} is the null class, used for guidance; unconditional samples: `guidance_scale=0`)"
+                )
+            raise ValueError(f"`class_labels`: {error}{hint}. See `pipe.labels`.") from None
         if not ids:
             raise ValueError("`class_labels` is empty.")
         return torch.tensor(ids, dtype=torch.long)
@@ -175,6 +202,15 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
                 f"`height` and `width` must be positive multiples of {multiple} (VAE factor {self.vae_scale_factor} x "
                 f"coarsest patch {self.transformer.config.patch_sizes[0]}), got {height}x{width}."
             )
+        if self.max_size_factor is not None:
+            trained = self.transformer.config.sample_size * self.vae_scale_factor
+            limit = int(trained * self.max_size_factor)
+            if height > limit or width > limit:
+                raise ValueError(
+                    f"`height` and `width` must be at most {limit} ({self.max_size_factor:g} x the trained side "
+                    f"{trained}, beyond which samples leave what the model learned and memory grows fast; raise "
+                    f"`MPDiTPipeline.max_size_factor` to go further), got {height}x{width}."
+                )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -231,8 +267,10 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
         r"""Generates images of the given classes.
 
         Args:
-            class_labels (`int`, `str`, `list`, or `torch.Tensor`): Class ids, or class names resolved through
-                `id2label`. The null class id (`transformer.config.num_classes`) gives unconditional samples.
+            class_labels (`int`, `str`, `list`, or `torch.Tensor`): Class ids from 0 to `num_classes - 1`, or class
+                names resolved through `id2label`. The null class id (`transformer.config.num_classes`) is refused:
+                it is guidance's unconditional input. For unconditional samples pass any class with `guidance_scale=0`
+                (and `guidance_interval=(0, 1)` if the pipeline saves a default interval).
             num_inference_steps (`int`, defaults to 50): Sampling steps (ignored when `sigmas` is given).
             guidance_scale (`float`, *optional*): Classifier-free guidance scale
                 `v = v_uncond + s * (v_cond - v_uncond)`, applied as written for any `s >= 0`: 1 is the conditional
@@ -246,8 +284,9 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One generator, or one per image.
             latents (`torch.Tensor`, *optional*): Initial noise of shape `(batch, C, h, w)`; used in float32.
             height (`int`, *optional*): Image height in pixels; defaults to the model's `sample_size` times the VAE
-                factor. Any multiple of the VAE factor times the coarsest patch size works.
-            width (`int`, *optional*): Image width in pixels; same default and rule.
+                factor. Any multiple of the VAE factor times the coarsest patch size works, up to `max_size_factor`
+                (4) times that default.
+            width (`int`, *optional*): Image width in pixels; same default and rules.
             sigmas (`list[float]`, *optional*): Custom flow times for schedulers that accept them.
                 `sigmas=official_euler_sigmas(250)` with the default scheduler is the official 250-point ODE sampler;
                 [`FlowMatchEulerMaruyamaScheduler`] is the official SDE sampler.
