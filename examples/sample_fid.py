@@ -2,9 +2,10 @@
 """Sample images for FID, over any number of processes, resumable, in ADM's `.npz` format.
 
     # The paper's setting: the official ODE sampler with 250 time points, guidance 1.5 at every step.
-    accelerate launch examples/sample_fid.py --model org/mpdit-xl-256 --num_samples 50000 --output_dir samples/ \
+    accelerate launch examples/sample_fid.py --model org/mpdit-xl-256 --num_samples 50000 --output_dir samples/ \\
         --scheduler ode --num_inference_steps 250 --guidance_scale 1.5 --guidance_interval 0 1
     torchrun --nproc_per_node 2 examples/sample_fid.py ...                 # CPU processes (gloo)
+    python examples/sample_fid.py --model bundled --num_samples 1000 --output_dir samples/   # the bundled model
     mpdit evaluate samples/samples_50000x256x256x3.npz VIRTUAL_imagenet256_labeled.npz
 
 Sampling flags are those of `mpdit generate` (`diffusers_mpdit.sampling`); guidance left unset is the model's
@@ -36,24 +37,34 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffusers_mpdit.arguments import OneLineParser, positive_int
 from diffusers_mpdit.atomic import atomic_path
-from diffusers_mpdit.evaluation.batches import write_images_npz
+from diffusers_mpdit.data import BUNDLED_MODEL_NAME
 from diffusers_mpdit.sampling import (
     LABEL_SAMPLING,
     SamplingConfig,
     add_sampling_arguments,
+    check_model_path,
     default_device,
     fid_class_labels,
     load_pipeline,
+    model_identity,
+    quiet_backend_warnings,
 )
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, SamplingConfig]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="MPDiT pipeline folder or Hub id")
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model",
+        default=BUNDLED_MODEL_NAME,
+        help=f"MPDiT pipeline folder or Hub id; {BUNDLED_MODEL_NAME} (the default): the bundled Fashion-MNIST model",
+    )
     p.add_argument("--output_dir", required=True, help="folder for images/, sampling_settings.json and the .npz")
-    p.add_argument("--num_samples", type=int, default=50000, help="total images (default 50,000: ADM's count)")
-    p.add_argument("--num_classes", type=int, help="classes to draw from (default: all of the model's)")
+    p.add_argument(
+        "--num_samples", type=positive_int, default=50000, help="total images (default 50,000: ADM's count)"
+    )
+    p.add_argument("--num_classes", type=positive_int, help="classes to draw from (default: all of the model's)")
     p.add_argument(
         "--label_sampling",
         choices=LABEL_SAMPLING,
@@ -61,19 +72,22 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, SamplingConfig]:
         help="balanced: image i has class i %% num_classes; random: uniform per image, as the official sample.py "
         "(default balanced)",
     )
-    p.add_argument("--batch_size", type=int, default=32, help="images per forward pass, per process (default 32)")
+    p.add_argument(
+        "--batch_size", type=positive_int, default=32, help="images per forward pass, per process (default 32)"
+    )
     add_sampling_arguments(p, "underscore", exclude=("device",))
     args = p.parse_args(argv)
-    for name in ("num_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.num_classes is not None and args.num_classes < 1:
-        p.error(f"--num_classes must be >= 1, got {args.num_classes}")
     config = SamplingConfig.from_args(args, p)
     try:
         config.check_image_count(args.num_samples, p.sampling_flags)
     except ValueError as error:
         p.error(str(error))
+    try:
+        check_model_path(args.model)
+    except ValueError as error:
+        p.error(f"--{error}")  # "--model '...': no such folder ..."
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        p.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
     return args, config
 
 
@@ -98,13 +112,17 @@ def check_settings(output_dir: str, settings: dict) -> None:
 
 @torch.no_grad()
 def main(argv=None) -> None:
+    quiet_backend_warnings()
+    # Imported here, after the line above: it imports diffusers, whose optional backends log at import.
+    from diffusers_mpdit.evaluation.batches import write_images_npz
+
     args, config = parse_args(argv)
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
     state = PartialState(cpu=default_device() == "cpu")
     try:
         pipe = load_pipeline(args.model, str(state.device), config.dtype)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: --{error}") from None
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = config.make_scheduler(pipe.scheduler.config)
     model_classes = pipe.transformer.config.num_classes
@@ -115,7 +133,7 @@ def main(argv=None) -> None:
     # The settings that decide the images, with guidance resolved against the model's defaults: a resumed run must
     # match them.
     settings = {
-        "model": args.model,
+        "model": model_identity(args.model),
         "num_samples": args.num_samples,
         "num_classes": num_classes,
         "label_sampling": args.label_sampling,

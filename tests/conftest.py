@@ -113,3 +113,17 @@ CLASS_NAMES = [
     "ankle boot, boot",
     "trainer",
 ]
+
+
+def run_in_process(main, argv, capsys):
+    """A front end's `main(argv)` in this process: (exit status, stdout, stderr). A subprocess per bad-input case
+    costs seconds of imports; one case per front end still runs as a subprocess, for what only that shows (nothing
+    else printed, e.g. by a library's logging)."""
+    try:
+        code = main([str(a) for a in argv]) or 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        if not isinstance(exit_.code, int) and exit_.code is not None:
+            print(exit_.code, file=sys.stderr)  # `raise SystemExit("error: ...")` prints its message, then exits 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_pipeline
+from conftest import run_in_process, tiny_pipeline
 from test_samplers import hand_ode, hand_sde
 from test_training import launch
 
@@ -108,7 +108,8 @@ def test_refuses_to_mix_settings(model_dir, tmp_path):
 @pytest.mark.parametrize(
     "flag, value, message",
     [
-        ("num_samples", 0, "--num_samples must be >= 1"),
+        ("num_samples", 0, "argument --num_samples: expected an integer >= 1, got 0"),
+        ("batch_size", "x", "argument --batch_size: expected an integer >= 1, got 'x'"),
         ("num_classes", 11, "--num_classes 11: the model has 10 classes"),
         ("guidance_interval", "0.8 0.2", "--guidance_interval must be (low, high) with 0 <= low <= high <= 1"),
         # torch seeds CPU generators with 32 bits: seed + index must not wrap around.
@@ -119,7 +120,9 @@ def test_refuses_to_mix_settings(model_dir, tmp_path):
         ("label_sampling", "stratified", "argument --label_sampling: invalid choice: 'stratified'"),
     ],
 )
-def test_bad_arguments(model_dir, tmp_path, flag, value, message):
+def test_bad_arguments(model_dir, tmp_path, capsys, flag, value, message):
+    import sample_fid
+
     args = sample_args(model_dir, tmp_path / "out", num_samples=2)
     if flag == "guidance_interval":
         args += ["--guidance_interval", *value.split()]
@@ -127,6 +130,37 @@ def test_bad_arguments(model_dir, tmp_path, flag, value, message):
         args += [f"--{flag}", str(value)]
     if flag in ("diffusion_form", "last_step_size"):
         args += ["--scheduler", "sde"]
-    run = launch(SCRIPT, args, launcher="python", check=False)
-    assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
+    if flag == "num_samples":  # one case as a user runs it
+        run = launch(SCRIPT, args, launcher="python", check=False)
+        code, stderr = run.returncode, run.stderr
+    else:
+        code, _, stderr = run_in_process(sample_fid.main, args, capsys)
+    assert code != 0 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr[-2000:]
     assert not (tmp_path / "out" / "images").exists() or not os.listdir(tmp_path / "out" / "images")
+
+
+def test_the_bundled_model_by_name_and_one_identity_for_every_spelling_of_a_path(model_dir, tmp_path, monkeypatch):
+    import sample_fid
+
+    from diffusers_mpdit import BUNDLED_MODEL
+
+    args, _ = sample_fid.parse_args(["--output_dir", str(tmp_path / "out")])
+    assert args.model == "bundled"
+    monkeypatch.chdir(tmp_path)
+    assert sample_fid.load_pipeline("bundled", "cpu").transformer.config.num_classes == 10
+    # The same folder as a relative path, an absolute one, and through a symlink: one setting on resume.
+    os.symlink(model_dir, tmp_path / "link")
+    relative = os.path.relpath(model_dir, tmp_path)
+    spellings = {sample_fid.model_identity(m) for m in (relative, str(model_dir), str(tmp_path / "link"), "./link")}
+    assert spellings == {str(model_dir.resolve())}
+    assert sample_fid.model_identity(BUNDLED_MODEL) == sample_fid.model_identity("bundled") == "bundled"
+    assert sample_fid.model_identity("org/name") == "org/name"  # a Hub id stays as given
+
+
+def test_help_shows_the_commands_as_written(capsys):
+    import sample_fid
+
+    with pytest.raises(SystemExit):
+        sample_fid.parse_args(["-h"])
+    # A backslash-newline in the docstring would join the example's two lines into one.
+    assert "--output_dir samples/ \\\n" in capsys.readouterr().out

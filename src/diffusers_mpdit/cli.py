@@ -5,6 +5,7 @@
     mpdit convert --checkpoint official.pt --output DIR [...]
     mpdit labels [MODEL]
     mpdit evaluate SAMPLES REFERENCE [--resolution 256] [-o metrics.json]   (FID, sFID, IS, precision, recall)
+    mpdit reference SOURCE -o ref.npz [--split test] [--resolution 32 --preprocessing pad]   (real images, ADM layout)
 
 Without `--model`, the bundled Fashion-MNIST demo model is used. Errors are one line, without a traceback.
 """
@@ -18,21 +19,21 @@ import sys
 from collections.abc import Sequence
 
 from . import BUNDLED_MODEL
+from .arguments import OneLineParser, positive_int
 from .atomic import atomic_path
+from .paths import looks_like_local_path
 from .sampling import (
     IMAGE_SUFFIXES,
     SamplingConfig,
     add_sampling_arguments,
     check_model_path,
     default_device,
+    labelled_grid,
     load_pipeline,
     one_line,
     quiet_backend_warnings,
-    upscale_nearest,
 )
 
-# Small models draw tiny images; the grid upscales them (nearest neighbour) to at least this many pixels a side.
-MIN_CELL = 128
 MAX_DEFAULT_CLASSES = 16
 
 
@@ -40,26 +41,11 @@ class CommandError(Exception):
     """A user error, printed as one line."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage is one `-h` away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} -h`)\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mpdit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,convert,labels,evaluate}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{generate,convert,labels,evaluate,reference}"
+    )
 
     generate = commands.add_parser("generate", help="write a labelled grid of generated images")
     generate.add_argument("--model", default=BUNDLED_MODEL, help="pipeline folder or Hub id (default: bundled demo)")
@@ -118,6 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("-o", "--output", help="write the metrics and the weights used as JSON")
     evaluate.set_defaults(run=evaluate_samples)
+
+    reference = commands.add_parser(
+        "reference",
+        help="write real images as a reference batch (.npz, ADM's layout) for `mpdit evaluate`",
+        description="Write real images as a reference batch for `mpdit evaluate`: arr_0 uint8 (N, H, W, 3), and "
+        "arr_1 labels from a dataset that has them. Prepare them as the model's training data was (--resolution, "
+        "--preprocessing).",
+    )
+    reference.add_argument(
+        "source", help="a folder of images, or a `datasets` dataset by name or path (e.g. data/fashion-mnist)"
+    )
+    reference.add_argument("-o", "--output", required=True, help="the .npz to write")
+    reference.add_argument("--split", default="test", help="the dataset's split (default test)")
+    reference.add_argument("--image-column", default="image", help="the dataset's image column (default image)")
+    reference.add_argument("--resolution", type=positive_int, help="prepare every image to this square side")
+    reference.add_argument(
+        "--preprocessing",
+        choices=("center_crop", "pad"),
+        default="center_crop",
+        help="ADM's centre crop, or black borders (Fashion-MNIST 28 -> 32, as the bundled model trained) "
+        "(default center_crop)",
+    )
+    reference.add_argument("--max-images", type=positive_int, help="keep only the first N images")
+    reference.set_defaults(run=write_reference)
     parser.subcommands = commands.choices
     return parser
 
@@ -231,26 +241,6 @@ def generate_grid(args, command: argparse.ArgumentParser) -> int:
     return 0
 
 
-def labelled_grid(images: list, row_names: list[str], columns: int):
-    """One row per class, its name on the left; small images are upscaled by an integer factor (nearest)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    cells = [upscale_nearest(image.convert("RGB"), MIN_CELL) for image in images]
-    cell_w, cell_h = cells[0].size
-    font = ImageFont.load_default(size=max(12, cell_h // 7))
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(measure.textlength(name, font=font)) for name in row_names) + 16
-    pad = 4
-    grid = Image.new("RGB", (label_w + columns * (cell_w + pad), len(row_names) * (cell_h + pad)), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, name in enumerate(row_names):
-        top = row * (cell_h + pad)
-        draw.text((8, top + cell_h // 2), name, fill="black", font=font, anchor="lm")
-        for col in range(columns):
-            grid.paste(cells[row * columns + col], (label_w + col * (cell_w + pad), top))
-    return grid
-
-
 def evaluate_samples(args, command) -> int:
     from .evaluation.adm import evaluate as adm_evaluate
     from .evaluation.batches import open_images
@@ -302,11 +292,40 @@ def evaluate_samples(args, command) -> int:
     return 0
 
 
+def write_reference(args, command) -> int:
+    from .evaluation.batches import write_reference_npz
+
+    if not args.output.endswith(".npz"):
+        raise CommandError(f"-o {args.output!r}: must end in .npz")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise CommandError(f"-o {args.output!r}: its folder does not exist")
+    if args.preprocessing == "pad" and args.resolution is None:
+        raise CommandError("--preprocessing pad needs --resolution (the side to pad to)")
+    if not os.path.exists(args.source) and looks_like_local_path(args.source):
+        raise CommandError(f"{args.source!r}: no such folder or dataset")
+    try:
+        shape = write_reference_npz(
+            args.output,
+            args.source,
+            args.resolution,
+            args.preprocessing,
+            args.split,
+            args.image_column,
+            max_images=args.max_images,
+        )
+    except (ValueError, OSError) as error:
+        raise CommandError(one_line(error)) from None
+    print(f"wrote {args.output}: {shape[0]} images of {shape[2]}x{shape[1]}")
+    return 0
+
+
 def convert_checkpoint(args, command) -> int:
     from .convert import ConversionError
     from .convert import convert_checkpoint as convert
     from .pipelines import MPDiTPipeline
 
+    if os.path.exists(args.output) and not args.overwrite:
+        raise CommandError(f"--output {args.output!r} exists; pass --overwrite to replace it")
     try:
         converted = convert(args.checkpoint, args.output, args.weights, args.num_heads, args.overwrite, vae=args.vae)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError, OSError) as error:

@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .arguments import integer, number
+from .data import BUNDLED_MODEL, BUNDLED_MODEL_NAME
+from .paths import looks_like_local_path
 from .pipelines.guidance import check_guidance_interval, check_guidance_scale
 from .schedulers.diffusion import DIFFUSION_FORMS, check_diffusion_form, check_last_step_size
 
@@ -169,6 +172,10 @@ def default_device() -> str:
     return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else "cpu"
 
 
+# Small models draw tiny images; grids upscale them (nearest neighbour) to at least this many pixels a side.
+MIN_CELL = 128
+
+
 def upscale_nearest(image: PIL.Image.Image, min_side: int) -> PIL.Image.Image:
     """Enlarges a PIL image by the smallest integer factor that makes its longer side at least `min_side`, keeping
     pixels sharp (nearest neighbour); larger images are returned as they are.
@@ -181,6 +188,33 @@ def upscale_nearest(image: PIL.Image.Image, min_side: int) -> PIL.Image.Image:
 
     factor = max(1, math.ceil(min_side / max(image.size)))
     return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def labelled_grid(images: list[PIL.Image.Image], row_names: list[str], columns: int) -> PIL.Image.Image:
+    """A grid with one row per class, its name on the left, as `mpdit generate` and the training script's validation
+    grids draw it; images smaller than `MIN_CELL` are upscaled by an integer factor (nearest neighbour).
+
+    Args:
+        images (`list[PIL.Image.Image]`): Row by row, `columns` images per row.
+        row_names (`list[str]`): Each row's label.
+        columns (`int`): Images per row.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    cells = [upscale_nearest(image.convert("RGB"), MIN_CELL) for image in images]
+    cell_w, cell_h = cells[0].size
+    font = ImageFont.load_default(size=max(12, cell_h // 7))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(measure.textlength(name, font=font)) for name in row_names) + 16
+    pad = 4
+    grid = Image.new("RGB", (label_w + columns * (cell_w + pad), len(row_names) * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, name in enumerate(row_names):
+        top = row * (cell_h + pad)
+        draw.text((8, top + cell_h // 2), name, fill="black", font=font, anchor="lm")
+        for col in range(columns):
+            grid.paste(cells[row * columns + col], (label_w + col * (cell_w + pad), top))
+    return grid
 
 
 @dataclass(frozen=True)
@@ -388,23 +422,6 @@ FLAGS = {
 }
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
 def add_sampling_arguments(
     parser: argparse.ArgumentParser, style: str = "dash", exclude: Iterable[str] = ()
 ) -> argparse.ArgumentParser:
@@ -438,12 +455,12 @@ def add_sampling_arguments(
         f"(default {default.last_step_size:g})",
     }
     types: dict[str, Any] = {
-        "steps": _integer,
-        "guidance_scale": _number,
-        "guidance_interval": _number,
-        "seed": _integer,
-        "diffusion_norm": _number,
-        "last_step_size": _number,
+        "steps": integer(),
+        "guidance_scale": number(),
+        "guidance_interval": number(),
+        "seed": integer(),
+        "diffusion_norm": number(),
+        "last_step_size": number(),
     }
     metavars = {
         "scheduler": "NAME",
@@ -471,16 +488,33 @@ def add_sampling_arguments(
 
 
 def check_model_path(model: str) -> str:
-    """Returns `model` with `~` expanded; raises a one-line ValueError if it reads as a local path (absolute, `.`,
-    `~`, or more than one `/`) that is not a folder, rather than letting it go to the Hub as a repo id.
+    """Returns `model` with `~` expanded (and `bundled`, where no such folder exists, as `BUNDLED_MODEL`); raises a
+    one-line ValueError if it reads as a local path (absolute, `.`, `~`, or more than one `/`) that is not a folder,
+    rather than letting it go to the Hub as a repo id.
 
     Args:
-        model (`str`): A pipeline folder or a Hub repo id.
+        model (`str`): A pipeline folder, a Hub repo id, or `bundled`.
     """
-    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+    if model == BUNDLED_MODEL_NAME and not os.path.isdir(model):
+        return BUNDLED_MODEL
+    if looks_like_local_path(model) and not os.path.isdir(os.path.expanduser(model)):
         raise ValueError(f"model {model!r}: no such folder (give a pipeline folder or a Hub id like org/name)")
     return os.path.expanduser(model)
+
+
+def model_identity(model: str) -> str:
+    """How a run records the model it used, the same for every spelling of one model: `bundled` for the bundled
+    model, an absolute path for a local folder, the repo id otherwise.
+
+    Args:
+        model (`str`): What the user gave (`check_model_path` accepts it).
+    """
+    path = check_model_path(model)
+    if not os.path.isdir(path):
+        return model
+    if os.path.samefile(path, BUNDLED_MODEL):
+        return BUNDLED_MODEL_NAME
+    return os.path.realpath(path)
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):

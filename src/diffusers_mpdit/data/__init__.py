@@ -1,8 +1,14 @@
 """Data that ships with the package."""
 
 import json
+import os
 from functools import cache
 from importlib import resources
+
+# The demo model that ships with the package: Fashion-MNIST, pixel space, 32x32 grey (see its README.md).
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bundled", "mpdit-fashion-mnist")
+# What the front ends accept for it in place of a path (`--model bundled`).
+BUNDLED_MODEL_NAME = "bundled"
 
 
 @cache

@@ -81,7 +81,8 @@ class NpzImages:
                 data = f.read(count * image_bytes)
                 if len(data) != count * image_bytes:
                     raise ValueError(f"{self.path!r}: `arr_0` ends after {start} of {len(self)} images")
-                yield np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+                # A bytearray, not bytes: torch warns on (and must not write through) a read-only buffer.
+                yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(count, *self.shape[1:])
 
 
 class FolderImages:
@@ -254,3 +255,94 @@ def _read_files(files: list[str], batch_size: int, shape: tuple[int, ...]) -> It
                 raise ValueError(f"{file!r} is {array.shape[1]}x{array.shape[0]}, the others {shape[1]}x{shape[0]}")
             images.append(array)
         yield np.stack(images)
+
+
+def write_reference_npz(
+    path: str,
+    source: str,
+    resolution: int | None = None,
+    preprocessing: str = "center_crop",
+    split: str = "test",
+    image_column: str = "image",
+    label_column: str | None = "label",
+    max_images: int | None = None,
+    batch_size: int = 256,
+) -> tuple[int, ...]:
+    """Writes real images as a reference batch for `mpdit evaluate`: ADM's layout, `arr_0` uint8 `(N, H, W, 3)` (and
+    `arr_1` labels from a dataset that has them), streaming, the file appearing only when complete. The evaluator
+    computes the Inception statistics from the images.
+
+    Args:
+        path (`str`): The `.npz` to write.
+        source (`str`): A folder of image files (searched recursively, sorted by path), or a `datasets` dataset by name
+            or local path (e.g. the parquet folder `examples/prepare_fashion_mnist.py` writes).
+        resolution (`int`, *optional*): Prepare each image to this square side, as the model's training data was;
+            required when the images differ in size.
+        preprocessing (`str`): `center_crop` (ADM's) or `pad` (black borders, e.g. Fashion-MNIST's 28 -> 32).
+        split (`str`): The dataset's split.
+        image_column (`str`): The dataset's image column.
+        label_column (`str`, *optional*): The dataset's label column, stored as `arr_1` if present.
+        max_images (`int`, *optional*): Keep only the first this many.
+        batch_size (`int`): Images read at a time.
+    """
+    from ..training.data import decode_image, pad_to
+
+    if preprocessing not in ("center_crop", "pad"):
+        raise ValueError(f"`preprocessing` must be 'center_crop' or 'pad', got {preprocessing!r}")
+    if preprocessing == "pad" and resolution is None:
+        raise ValueError("`preprocessing='pad'` needs a `resolution` to pad to")
+    labels = None
+    if os.path.isdir(source) and any(
+        name.lower().endswith(IMAGE_SUFFIXES) for _, _, names in os.walk(source) for name in names
+    ):
+        files = FolderImages(source, resolution).files  # with no resolution, checks that all have one size
+        count = len(files) if max_images is None else min(max_images, len(files))
+
+        def images():
+            for file in files[:count]:
+                with Image.open(file) as image:
+                    yield image.convert("RGB")
+    else:
+        from datasets import load_dataset
+
+        dataset = load_dataset(source, split=split)
+        if image_column not in dataset.column_names:
+            raise ValueError(f"`image_column` {image_column!r} is not a column of {source!r}: {dataset.column_names}")
+        count = len(dataset) if max_images is None else min(max_images, len(dataset))
+        dataset = dataset.select(range(count))
+        if label_column in dataset.column_names:
+            labels = np.asarray(dataset[label_column], dtype=np.int64)
+
+        def images():
+            for row in dataset:
+                yield decode_image(row[image_column]).convert("RGB")
+
+    def prepared():
+        for image in images():
+            if resolution is not None:
+                image = pad_to(image, resolution) if preprocessing == "pad" else center_crop_arr(image, resolution)
+            yield np.asarray(image)
+
+    stream = prepared()
+    first = next(stream)
+    shape = (count, *first.shape)
+    writer = NpzWriter(path, "arr_0", shape)
+    try:
+        batch = [first]
+        for array in stream:
+            if array.shape != first.shape:
+                raise ValueError(
+                    f"{source!r}: images of {array.shape[1]}x{array.shape[0]} and {first.shape[1]}x{first.shape[0]}: "
+                    "give a resolution to prepare them all to one size"
+                )
+            batch.append(array)
+            if len(batch) == batch_size:
+                writer.write(np.stack(batch))
+                batch = []
+        if batch:
+            writer.write(np.stack(batch))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(None if labels is None else {"arr_1": labels})
+    return shape
