@@ -13,6 +13,7 @@ index last, so a cache with an index is complete.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -22,22 +23,36 @@ from accelerate.utils import gather_object
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from diffusers_mpdit.sampling import default_device
-from diffusers_mpdit.training import ImageTransform, collate, load_image_dataset
+from diffusers_mpdit.arguments import OneLineParser, non_negative_int, positive_int
+from diffusers_mpdit.paths import looks_like_local_path
+from diffusers_mpdit.sampling import default_device, one_line
+from diffusers_mpdit.training import (
+    ImageTransform,
+    UnreadableImageError,
+    collate,
+    drop_unreadable_images,
+    image_folder_classes,
+    load_image_dataset,
+)
 from diffusers_mpdit.training.latent_cache import ChannelStatistics, write_index, write_shard
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_data_dir", help="imagefolder: one subfolder of images per class")
     p.add_argument("--dataset_name", help="a `datasets` dataset (name or local path)")
     p.add_argument("--dataset_config_name", help="the dataset's configuration, if it has several")
     p.add_argument("--dataset_split", default="train", help="split to encode (default train)")
     p.add_argument("--image_column", default="image", help="the dataset's image column (default image)")
     p.add_argument("--label_column", default="label", help="the dataset's label column (default label)")
-    p.add_argument("--max_train_samples", type=int, help="encode the first N samples only")
+    p.add_argument("--max_train_samples", type=positive_int, help="encode the first N samples only")
     p.add_argument("--pretrained_vae", required=True, help="AutoencoderKL folder or Hub id")
-    p.add_argument("--resolution", type=int, default=256, help="image side before encoding (default 256)")
+    p.add_argument(
+        "--resolution",
+        type=positive_int,
+        default=256,
+        help="image side before encoding, a multiple of the VAE's factor (default 256)",
+    )
     p.add_argument(
         "--image_preprocessing",
         choices=["center_crop", "pad"],
@@ -45,32 +60,61 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="ADM centre crop, or pad smaller images with black borders (default center_crop)",
     )
     p.add_argument("--output_dir", required=True, help="the cache folder (replaced if it exists)")
-    p.add_argument("--batch_size", type=int, default=32, help="images per VAE forward pass, per process (default 32)")
-    p.add_argument("--shard_size", type=int, default=4096, help="images per shard")
+    p.add_argument(
+        "--batch_size", type=positive_int, default=32, help="images per VAE forward pass, per process (default 32)"
+    )
+    p.add_argument("--shard_size", type=positive_int, default=4096, help="images per shard (default 4096)")
+    p.add_argument(
+        "--skip_unreadable_images",
+        action="store_true",
+        help="decode every image once first and skip (and log) those that cannot be read; by default the run stops "
+        "at the first one, naming it",
+    )
     p.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
         default=None,
         help="the VAE's precision (default: accelerate's configuration)",
     )
-    p.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument(
+        "--dataloader_num_workers", type=non_negative_int, default=0, help="data loading processes (default 0)"
+    )
     args = p.parse_args(argv)
     if bool(args.train_data_dir) == bool(args.dataset_name):
         p.error("give exactly one of --train_data_dir, --dataset_name")
+    # Every check that loads no data, before the old cache is replaced.
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        p.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
+    if args.train_data_dir:
+        try:
+            image_folder_classes(args.train_data_dir)
+        except ValueError as error:
+            p.error(f"--train_data_dir {one_line(error)}")
+    elif looks_like_local_path(args.dataset_name) and not os.path.exists(os.path.expanduser(args.dataset_name)):
+        p.error(f"--dataset_name {args.dataset_name!r}: no such file or folder (give a local dataset or a Hub id)")
+    try:
+        vae_config = AutoencoderKL.load_config(args.pretrained_vae)
+    except (OSError, ValueError) as error:
+        p.error(f"--pretrained_vae {args.pretrained_vae!r}: cannot read its config: {one_line(error)}")
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    if args.resolution % factor:
+        p.error(f"--resolution must be a multiple of the VAE's factor {factor}, got {args.resolution}")
     return args
 
 
-@torch.no_grad()
 def main(argv=None) -> None:
     args = parse_args(argv)
+    try:
+        encode(args)
+    except UnreadableImageError as error:
+        raise SystemExit(f"error: {error.summary()} (--skip_unreadable_images skips such files)") from None
+
+
+@torch.no_grad()
+def encode(args: argparse.Namespace) -> None:
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
     accelerator = Accelerator(cpu=default_device() == "cpu", mixed_precision=args.mixed_precision)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        shutil.rmtree(output_dir, ignore_errors=True)  # a half-written cache is never reused
-        output_dir.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-
     try:
         dataset, id2label = load_image_dataset(
             args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
@@ -78,6 +122,12 @@ def main(argv=None) -> None:
         )  # fmt: skip
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    if args.skip_unreadable_images:
+        dataset = drop_unreadable_images(dataset, log=print if accelerator.is_main_process else lambda _: None)
+    if accelerator.is_main_process:
+        shutil.rmtree(output_dir, ignore_errors=True)  # a half-written cache is never reused
+        output_dir.mkdir(parents=True)
+    accelerator.wait_for_everyone()
     dataset = dataset.with_transform(ImageTransform(args.resolution, 3, args.image_preprocessing))
     with accelerator.split_between_processes(list(range(len(dataset)))) as indices:
         mine = torch.tensor(indices, dtype=torch.long)

@@ -14,6 +14,7 @@ depend on the number of processes (beyond batch arithmetic) nor on where it was 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -24,40 +25,48 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import LoggerType, ProjectConfiguration, broadcast, set_seed
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
+from diffusers_mpdit.arguments import OneLineParser, integer, non_negative_int, number, positive_int, positive_number
 from diffusers_mpdit.atomic import atomic_path, save_pretrained_atomically
+from diffusers_mpdit.models.presets import PRESETS, get_preset
+from diffusers_mpdit.paths import looks_like_local_path
 from diffusers_mpdit.pipelines import ClassNames
-from diffusers_mpdit.sampling import SamplingConfig, default_device
+from diffusers_mpdit.sampling import SamplingConfig, default_device, labelled_grid, one_line
 from diffusers_mpdit.training import (
     WEIGHTING_SCHEMES,
     EpochSampler,
     ImageTransform,
     LatentCacheDataset,
+    UnreadableImageError,
     check_checkpoint,
     collate,
     drop_class_labels,
+    drop_unreadable_images,
+    ema_warning,
     flow_matching_loss,
+    image_folder_classes,
     list_checkpoints,
+    load_ema,
     load_image_dataset,
     normalize_latents,
     sample_flow_times,
     save_checkpoint,
     step_generator,
 )
+from diffusers_mpdit.training.latent_cache import INDEX_NAME
 
 logger = get_logger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--train_data_dir", help="imagefolder: one subfolder of images per class")
     data.add_argument("--dataset_name", help="a `datasets` dataset (name or local path)")
@@ -70,9 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the dataset's label column; a ClassLabel gives the names (default label)",
     )
     data.add_argument("--latents_dir", help="latent cache written by examples/extract_latents.py")
-    data.add_argument("--max_train_samples", type=int, help="train on the first N samples only")
+    data.add_argument("--max_train_samples", type=positive_int, help="train on the first N samples only")
     data.add_argument(
-        "--resolution", type=int, help="image side for image data (default 256; a latent cache has its own)"
+        "--resolution",
+        type=positive_int,
+        help="image side for image data, a multiple of the VAE factor x the coarsest patch (default 256; a latent "
+        "cache has its own)",
     )
     data.add_argument(
         "--image_preprocessing",
@@ -88,11 +100,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data.add_argument("--pretrained_vae", help="AutoencoderKL folder or Hub id; without it, pixel space")
     data.add_argument(
-        "--dataloader_num_workers", type=int, default=0, help="data loading processes (default 0: the main one)"
+        "--skip_unreadable_images",
+        action="store_true",
+        help="decode every image once before training and skip (and log) those that cannot be read; by default the "
+        "run stops at the first one, naming it",
+    )
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=non_negative_int,
+        default=0,
+        help="data loading processes (default 0: the main one)",
     )
 
     model = p.add_argument_group("model")
-    model.add_argument("--preset", default="MPDiT-B/4x", help="an MPDiTTransformer2DModel preset")
+    model.add_argument(
+        "--preset", choices=list(PRESETS), default="MPDiT-B/4x", help="an MPDiTTransformer2DModel preset"
+    )
     model.add_argument("--model_config", default="{}", help="JSON config overrides, e.g. '{\"depths\": [2, 2]}'")
     model.add_argument("--pretrained_model_name_or_path", help="start from a pipeline or transformer folder")
 
@@ -103,50 +126,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="logit_normal",
         help="how flow times are drawn: logit_normal (the official), uniform, or SD3's mode (default logit_normal)",
     )
-    recipe.add_argument("--logit_mean", type=float, default=0.0, help="logit-normal mean (default 0)")
-    recipe.add_argument("--logit_std", type=float, default=1.0, help="logit-normal standard deviation (default 1)")
-    recipe.add_argument("--mode_scale", type=float, default=1.29, help="scale of the mode scheme (default 1.29)")
+    recipe.add_argument("--logit_mean", type=number(), default=0.0, help="logit-normal mean (default 0)")
+    recipe.add_argument(
+        "--logit_std", type=positive_number, default=1.0, help="logit-normal standard deviation (default 1)"
+    )
+    recipe.add_argument("--mode_scale", type=number(), default=1.29, help="scale of the mode scheme (default 1.29)")
     recipe.add_argument(
         "--class_dropout_prob",
-        type=float,
+        type=number(0, 1, include_maximum=False),
         default=0.1,
         help="labels replaced by the null class, for CFG (default 0.1)",
     )
-    recipe.add_argument("--learning_rate", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    recipe.add_argument(
+        "--learning_rate", type=positive_number, default=2e-4, help="AdamW learning rate (default 2e-4)"
+    )
     recipe.add_argument(
         "--scale_lr", action="store_true", help="multiply the rate by batch size x processes x accumulation steps"
     )
     recipe.add_argument(
-        "--lr_scheduler", default="constant", help="diffusers.optimization.get_scheduler name (default constant)"
+        "--lr_scheduler",
+        choices=[s.value for s in SchedulerType],
+        default="constant",
+        help="diffusers.optimization.get_scheduler name (default constant)",
     )
-    recipe.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    recipe.add_argument("--lr_warmup_steps", type=non_negative_int, default=0, help="linear warm-up steps (default 0)")
     recipe.add_argument(
         "--lr_schedule_steps",
-        type=int,
+        type=positive_int,
         help="length of the learning-rate schedule, to stop before its end (default: the run's steps)",
     )
-    recipe.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1 (default 0.9)")
-    recipe.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2 (default 0.999)")
-    recipe.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    recipe.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon (default 1e-8)")
-    recipe.add_argument("--max_grad_norm", type=float, default=None, help="off by default, as in the official recipe")
+    beta = number(0, 1, include_maximum=False)
+    recipe.add_argument("--adam_beta1", type=beta, default=0.9, help="AdamW beta1 (default 0.9)")
+    recipe.add_argument("--adam_beta2", type=beta, default=0.999, help="AdamW beta2 (default 0.999)")
+    recipe.add_argument("--adam_weight_decay", type=number(0), default=0.0, help="AdamW weight decay (default 0)")
+    recipe.add_argument("--adam_epsilon", type=positive_number, default=1e-8, help="AdamW epsilon (default 1e-8)")
     recipe.add_argument(
-        "--ema_decay", type=float, default=0.9999, help="constant EMA decay of the saved weights (default 0.9999)"
+        "--max_grad_norm", type=positive_number, default=None, help="off by default, as in the official recipe"
     )
-    recipe.add_argument("--train_batch_size", type=int, default=32, help="per process")
     recipe.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimiser step (default 1)"
+        "--ema_decay",
+        type=number(0, 1, include_maximum=False),
+        default=0.9999,
+        help="constant EMA decay of the saved weights (default 0.9999); it averages over about 1 / (1 - decay) steps",
     )
-    recipe.add_argument("--num_train_epochs", type=int, default=400, help="passes over the data (default 400)")
-    recipe.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    recipe.add_argument("--train_batch_size", type=positive_int, default=32, help="per process")
+    recipe.add_argument(
+        "--gradient_accumulation_steps",
+        type=positive_int,
+        default=1,
+        help="micro-batches per optimiser step (default 1)",
+    )
+    recipe.add_argument(
+        "--num_train_epochs", type=positive_int, default=400, help="passes over the data (default 400)"
+    )
+    recipe.add_argument("--max_train_steps", type=positive_int, help="overrides --num_train_epochs")
     recipe.add_argument(
         "--max_train_minutes",
-        type=float,
+        type=positive_number,
         help="also stop after this much training time (steps only; checkpoints and grids not counted; resumes add up)",
     )
     recipe.add_argument(
         "--seed",
-        type=int,
+        type=integer(0, 2**32 - 1),
         default=0,
         help="seeds the initialisation, the data order and every step's draws (default 0)",
     )
@@ -168,28 +209,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     infra.add_argument("--allow_tf32", action="store_true", help="TF32 matrix products on Ampere and newer GPUs")
     infra.add_argument(
         "--checkpointing_steps",
-        type=int,
+        type=positive_int,
         default=5000,
         help="save a resumable checkpoint every N steps (default 5000)",
     )
-    infra.add_argument("--checkpoints_total_limit", type=int, help="keep only the newest N checkpoints")
+    infra.add_argument("--checkpoints_total_limit", type=positive_int, help="keep only the newest N checkpoints")
     infra.add_argument("--resume_from_checkpoint", help='"latest" or a checkpoint folder')
-    infra.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    infra.add_argument(
+        "--report_to",
+        choices=[t.value for t in LoggerType] + ["none"],
+        default="tensorboard",
+        help="an Accelerate tracker (tensorboard, wandb, ...), all or none (default tensorboard)",
+    )
     infra.add_argument("--logging_dir", default="logs", help="tracker logs, inside --output_dir (default logs)")
     infra.add_argument(
         "--tracker_project_name", default="train_mpdit", help="the trackers' project name (default train_mpdit)"
     )
-    infra.add_argument("--validation_steps", type=int, default=5000, help="sample grid every N steps (0: never)")
-    infra.add_argument("--validation_classes", help="comma-separated class ids or names (default: up to 8 classes)")
+    infra.add_argument(
+        "--validation_steps", type=non_negative_int, default=5000, help="sample grid every N steps (0: never)"
+    )
+    infra.add_argument(
+        "--validation_classes", help="comma-separated class ids or names, one grid row each (default: up to 8)"
+    )
+    infra.add_argument(
+        "--validation_images_per_class",
+        type=positive_int,
+        default=4,
+        help="images in each row of the validation grids (default 4)",
+    )
     infra.add_argument(
         "--validation_inference_steps",
-        type=int,
+        type=positive_int,
         default=SamplingConfig.steps,
         help=f"sampling steps of the validation grids (default {SamplingConfig.steps})",
     )
     infra.add_argument(
         "--validation_guidance_scale",
-        type=float,
+        type=number(0),
         help="guidance of the validation grids (default: the pipeline's default_guidance_scale)",
     )
     infra.add_argument(
@@ -207,17 +263,102 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--report_to wandb with --hub_token would expose the token in the logs; use `hf auth login`")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
+    if args.hub_model_id is not None and args.hub_model_id.count("/") != 1:
+        p.error(f"--hub_model_id must be namespace/name, got {args.hub_model_id!r}")
     try:
         args.model_config = json.loads(args.model_config)
     except json.JSONDecodeError as error:
         p.error(f"--model_config is not JSON: {error}")
-    if args.lr_schedule_steps is not None and args.lr_schedule_steps < 1:
-        p.error(f"--lr_schedule_steps must be a positive number of steps, got {args.lr_schedule_steps}")
+    if not isinstance(args.model_config, dict):
+        p.error(f"--model_config must be a JSON object of config overrides, got {args.model_config!r}")
     try:  # now, not at the first validation grid hours into the run
         validation_sampling(args).validate(VALIDATION_FLAGS)
     except ValueError as error:
         p.error(str(error))
+    check_inputs(args, p)
     return args
+
+
+def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """Every check that loads no data and no weights, so that a bad value stops the run before it creates anything:
+    the paths, the model's config, the resolution against the patches, and the classes wherever the data names them
+    without loading (an imagefolder's subfolders, a latent cache's index)."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        p.error(f"--output_dir {args.output_dir!r} is a file, not a folder")
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        try:
+            check_checkpoint(args.resume_from_checkpoint)
+        except (FileNotFoundError, RuntimeError) as error:
+            p.error(f"--resume_from_checkpoint: {one_line(error)}")
+
+    # The data, and its classes where known without loading it.
+    id2label, latent_size = None, None
+    if args.train_data_dir:
+        try:
+            id2label = dict(enumerate(image_folder_classes(args.train_data_dir)))
+        except ValueError as error:
+            p.error(f"--train_data_dir {one_line(error)}")
+    elif args.latents_dir:
+        index_path = Path(args.latents_dir) / INDEX_NAME
+        if not index_path.is_file():
+            p.error(
+                f"--latents_dir {args.latents_dir!r} has no {INDEX_NAME}: not a latent cache, or an unfinished one"
+            )
+        index = json.loads(index_path.read_text())
+        id2label = {int(k): v for k, v in index["id2label"].items()}
+        latent_size = index["latent_shape"][1]
+    elif looks_like_local_path(args.dataset_name) and not os.path.exists(os.path.expanduser(args.dataset_name)):
+        p.error(f"--dataset_name {args.dataset_name!r}: no such file or folder (give a local dataset or a Hub id)")
+
+    # The model's config: the pretrained one, or the preset with the overrides.
+    if args.pretrained_model_name_or_path:
+        source = Path(args.pretrained_model_name_or_path)
+        subfolder = "transformer" if (source / "transformer").is_dir() else None
+        try:
+            config = MPDiTTransformer2DModel.load_config(str(source), subfolder=subfolder)
+        except (OSError, ValueError) as error:
+            p.error(f"--pretrained_model_name_or_path {str(source)!r}: cannot read its config: {one_line(error)}")
+        if id2label is not None and config["num_classes"] != len(id2label):
+            p.error(
+                f"--pretrained_model_name_or_path: the model has {config['num_classes']} classes, the data "
+                f"{len(id2label)}"
+            )
+    else:
+        known = set(inspect.signature(MPDiTTransformer2DModel.__init__).parameters) - {"self"}
+        unknown = sorted(set(args.model_config) - known)
+        if unknown:
+            p.error(f"--model_config: {unknown} are not MPDiTTransformer2DModel config keys; it has {sorted(known)}")
+        config = {**get_preset(args.preset), **args.model_config}
+    patch = config.get("patch_sizes", (4, 2))[0]
+
+    # The resolution: the coarsest level's patches must tile the model's input.
+    if latent_size is not None:
+        if latent_size % patch:
+            p.error(
+                f"--latents_dir: latents of side {latent_size} do not tile into the model's {patch}x{patch} patches"
+            )
+    else:
+        factor = 1
+        if args.pretrained_vae:
+            try:
+                vae_config = AutoencoderKL.load_config(args.pretrained_vae)
+            except (OSError, ValueError) as error:
+                p.error(f"--pretrained_vae {args.pretrained_vae!r}: cannot read its config: {one_line(error)}")
+            factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+        resolution, multiple = args.resolution or 256, factor * patch
+        if resolution % multiple:
+            why = f"the VAE's factor {factor} x the coarsest patch {patch}" if factor > 1 else "the coarsest patch"
+            near = sorted({max(multiple, resolution // multiple * multiple), (resolution // multiple + 1) * multiple})
+            p.error(
+                f"--resolution must be a multiple of {multiple} ({why}), got {resolution}; e.g. "
+                f"{' or '.join(map(str, near))}"
+            )
+
+    if id2label is not None:
+        try:
+            args.validation_class_ids = parse_validation_classes(args.validation_classes, id2label)
+        except ValueError as error:
+            p.error(f"--validation_classes: {error}")
 
 
 VALIDATION_FLAGS = {
@@ -239,6 +380,13 @@ def validation_sampling(args: argparse.Namespace) -> SamplingConfig:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        train(args)
+    except UnreadableImageError as error:
+        raise SystemExit(f"error: {error.summary()} (--skip_unreadable_images skips such files)") from None
+
+
+def train(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
@@ -258,8 +406,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
     # Data, and with it the latent space (VAE or cache statistics) and the classes.
     vae, latent_config = None, None
@@ -279,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
+        if args.skip_unreadable_images:
+            image_dataset = drop_unreadable_images(image_dataset, log=logger.warning)
         resolution = args.resolution or 256
         if args.pretrained_vae:
             vae = AutoencoderKL.from_pretrained(args.pretrained_vae).eval().requires_grad_(False)
@@ -301,10 +449,29 @@ def main(argv: list[str] | None = None) -> None:
         config = {"num_classes": len(id2label), "in_channels": channels, "sample_size": sample_size}
         model = MPDiTTransformer2DModel.from_preset(args.preset, **{**config, **args.model_config})
     if model.config.num_classes != len(id2label) or model.config.in_channels != channels:
-        raise ValueError(
-            f"The model has {model.config.num_classes} classes and {model.config.in_channels} input channels; the data "
-            f"has {len(id2label)} classes and {channels} channels."
+        raise SystemExit(
+            f"error: the model has {model.config.num_classes} classes and {model.config.in_channels} input channels; "
+            f"the data has {len(id2label)} classes and {channels} channels"
         )
+    if getattr(args, "validation_class_ids", None) is None:  # a `datasets` dataset names its classes once loaded
+        try:
+            args.validation_class_ids = parse_validation_classes(args.validation_classes, id2label)
+        except ValueError as error:
+            raise SystemExit(f"error: --validation_classes: {error}") from None
+    global_batch = args.train_batch_size * accelerator.num_processes
+    steps_per_epoch = len(dataset) // global_batch // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(
+            f"error: {len(dataset)} samples do not fill one step of {global_batch * args.gradient_accumulation_steps} "
+            "(--train_batch_size x processes x --gradient_accumulation_steps)"
+        )
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warning = ema_warning(args.ema_decay, max_train_steps)
+    if warning:
+        logger.warning(warning)
+    # Only now, with every input checked: a run refused above leaves nothing behind.
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
     model.train()
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -328,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
             ema.save_pretrained(os.path.join(directory, "transformer_ema"))
 
     def load_hook(models, directory):
-        loaded_ema = EMAModel.from_pretrained(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel)
+        loaded_ema = load_ema(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel)
         ema.load_state_dict(loaded_ema.state_dict())
         ema.to(accelerator.device)
         for _ in range(len(models)):
@@ -356,14 +523,6 @@ def main(argv: list[str] | None = None) -> None:
         drop_last=True,
         num_workers=args.dataloader_num_workers,
     )
-    global_batch = args.train_batch_size * accelerator.num_processes
-    steps_per_epoch = len(dataset) // global_batch // args.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} samples do not fill one step of {global_batch * args.gradient_accumulation_steps} "
-            "(train_batch_size x processes x gradient_accumulation_steps)."
-        )
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -412,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.process_index * args.train_batch_size, (accelerator.process_index + 1) * args.train_batch_size
     )
     data_shape = (global_batch, channels, sample_size, sample_size)
-    validation_classes = parse_validation_classes(args.validation_classes, id2label)
+    validation_classes = args.validation_class_ids
 
     def ema_pipeline():
         return final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
@@ -546,12 +705,10 @@ def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, a
 
 
 def parse_validation_classes(spec: str | None, id2label: dict[int, str]) -> list[int]:
+    """The grids' class ids: `spec`'s comma-separated ids or names, or up to the first 8 classes."""
     if not spec:
         return list(range(min(8, len(id2label))))
-    try:
-        return ClassNames(id2label, len(id2label)).ids(spec.split(","), allow_null=False, parse_digits=True)
-    except ValueError as error:
-        raise SystemExit(f"error: --validation_classes: {error}") from None
+    return ClassNames(id2label, len(id2label)).ids(spec.split(","), allow_null=False, parse_digits=True)
 
 
 def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
@@ -577,11 +734,14 @@ def sample_grid(args, accelerator, pipeline: MPDiTPipeline, classes, step, name=
     pipeline = pipeline.to(accelerator.device)
     pipeline.set_progress_bar_config(disable=True)
     sampling = validation_sampling(args)
+    per_class = args.validation_images_per_class
+    labels = [c for c in classes for _ in range(per_class)]
     images = pipeline(
-        class_labels=classes, generator=sampling.generators(range(len(classes))), **sampling.call_kwargs(pipeline)
+        class_labels=labels, generator=sampling.generators(range(len(labels))), **sampling.call_kwargs(pipeline)
     ).images
     images = [im.convert("RGB") for im in images]
-    grid = make_image_grid(images, rows=1, cols=len(images))
+    names = [pipeline.class_names.name(c) for c in classes]
+    grid = labelled_grid(images, names, per_class)
     path = Path(args.output_dir) / "samples" / f"{name or f'step-{step:07d}'}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -2,9 +2,98 @@
 
 from __future__ import annotations
 
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
+
+
+class UnreadableImageError(ValueError):
+    """An image of the training data that PIL cannot decode (truncated, not an image, ...), named by its path."""
+
+    def summary(self) -> str:
+        """The message's last line: a dataloader worker re-raises this error with its own traceback in the message."""
+        return str(self).strip().splitlines()[-1].removeprefix(f"{type(self).__name__}: ")
+
+
+def image_folder_classes(train_data_dir: str) -> list[str]:
+    """The class names `datasets`' imagefolder gives a folder (its subfolders that hold images, sorted), checked
+    without decoding anything, so that a bad folder is refused before a run starts.
+
+    Args:
+        train_data_dir (`str`): One subfolder of images per class.
+
+    Raises:
+        ValueError: if the folder does not exist, holds no image files, or holds images outside class subfolders.
+    """
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    if not os.path.isdir(train_data_dir):
+        raise ValueError(f"{train_data_dir!r} is not a folder")
+    classes, loose = set(), 0
+    for root, _, files in os.walk(train_data_dir):
+        images = [f for f in files if os.path.splitext(f)[1].lower() in ImageFolder.EXTENSIONS]
+        if images and os.path.samefile(root, train_data_dir):
+            loose += len(images)
+        elif images:
+            classes.add(os.path.basename(root))
+    if not classes:
+        why = f" ({loose} images lie at its top level)" if loose else ""
+        raise ValueError(
+            f"{train_data_dir!r} holds no images in class subfolders{why}: it needs one subfolder of images "
+            "(.png, .jpg, .webp, ...) per class"
+        )
+    return sorted(classes)
+
+
+def decode_image(value: Any) -> Image.Image:
+    """A `datasets` image value (a PIL image, or the `{"bytes", "path"}` dict of an undecoded `Image` feature) as a
+    fully loaded PIL image.
+
+    Args:
+        value: The image cell.
+
+    Raises:
+        UnreadableImageError: naming the file (or "an image without a path") and PIL's reason.
+    """
+    if isinstance(value, Image.Image):
+        return value
+    path = value.get("path")
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else path
+        image = Image.open(source)
+        image.load()  # decode now: a truncated file fails here, not inside a batch
+        return image
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UnreadableImageError(
+            f"unreadable image {path or '(no path: an image stored inline)'}: {error}"
+        ) from None
+
+
+def drop_unreadable_images(dataset, log: Callable[[str], None] = print):
+    """Decodes every image of a dataset loaded by `load_image_dataset` once and drops those that fail, logging each
+    path and the count: the opt-in alternative to stopping the run at the first one.
+
+    Args:
+        dataset (`datasets.Dataset`): With an undecoded `image` column.
+        log (`Callable[[str], None]`): Where the paths and the count go.
+    """
+    keep, bad = [], 0
+    values = (row["image"] for batch in dataset.iter(batch_size=256) for row in _rows(batch))
+    for index, value in enumerate(values):
+        try:
+            decode_image(value)
+            keep.append(index)
+        except UnreadableImageError as error:
+            bad += 1
+            log(f"skipped {error}")
+    if bad:
+        log(f"skipped {bad} unreadable images of {len(dataset)}; training on {len(keep)}")
+    return dataset if not bad else dataset.select(keep)
 
 
 def center_crop_arr(image: Image.Image, image_size: int) -> Image.Image:
@@ -47,6 +136,10 @@ def pad_to(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
+def _rows(batch: dict) -> list[dict]:
+    return [dict(zip(batch, values)) for values in zip(*batch.values())]
+
+
 def load_image_dataset(
     train_data_dir: str | None = None,
     dataset_name: str | None = None,
@@ -56,7 +149,8 @@ def load_image_dataset(
     label_column: str = "label",
     max_samples: int | None = None,
 ):
-    """A labelled image set as a `datasets.Dataset` with `image` and `label` columns, and its `id2label`.
+    """A labelled image set as a `datasets.Dataset` with `image` and `label` columns, and its `id2label`. Images
+    stay undecoded (`{"bytes", "path"}`) until `ImageTransform` (or `decode_image`) reads them.
 
     Args:
         train_data_dir (`str`, *optional*): An imagefolder: one subfolder of images per class.
@@ -67,6 +161,7 @@ def load_image_dataset(
         label_column (`str`): Its label column; a `ClassLabel` gives the class names (an imagefolder's is `label`).
         max_samples (`int`, *optional*): Keep only the first this many (at least 1).
     """
+    from datasets import Image as ImageFeature
     from datasets import load_dataset
 
     if max_samples is not None and max_samples < 1:
@@ -89,7 +184,11 @@ def load_image_dataset(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     columns = {image_column: "image", label_column: "label"}
-    return dataset.select_columns([image_column, label_column]).rename_columns(columns), id2label
+    dataset = dataset.select_columns([image_column, label_column]).rename_columns(columns)
+    if isinstance(dataset.features["image"], ImageFeature):
+        # Decoded by `decode_image` instead, which names the file of an image that cannot be read.
+        dataset = dataset.cast_column("image", ImageFeature(decode=False))
+    return dataset, id2label
 
 
 class ImageTransform:
@@ -109,7 +208,7 @@ class ImageTransform:
 
     def __call__(self, batch: dict) -> dict:
         prepare = pad_to if self.preprocessing == "pad" else center_crop_arr
-        images = [prepare(image, self.resolution) for image in batch["image"]]
+        images = [prepare(decode_image(image), self.resolution) for image in batch["image"]]
         return {"pixels": [image_to_tensor(image, self.channels) for image in images], "label": batch["label"]}
 
 
