@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trained in six stages, EMA weights: on a 2-core CPU with 64-image steps, EMA 0.999, 2,500 steps at AdamW 1e-3 with logit-normal flow times (69 minutes); 2,300 steps with uniform flow times, 1,500 at 5e-4 and 800 decaying linearly from 1.7e-4 to 0 (about 90 minutes); 3,200 steps with uniform flow times, warming up to 3e-4 over 100 and decaying linearly to 0 (83 minutes); then on one H200 GPU with 256-image steps, EMA 0.9995, 3,000 steps warming up to 3e-4 over 200 and decaying linearly to 0 (1 minute 55 seconds); then on the CPU again without random flips (the data's shoes point left), 2,400 steps of 64 images, EMA 0.999, warming up to 2e-4 over 100 and decaying linearly to 0 (66 minutes); then on one H200 GPU again, without flips, 2,412 steps of 256 images, EMA 0.9995, warming up to 2e-4 over 200, on a linear schedule laid out over 3,000 steps that it stops at 2,412 (2 minutes 1 second). Its saved sampling default: guidance 2.5, only for flow times t <= 0.6.
-# Data: apt-get install dataset-fashion-mnist && python examples/prepare_fashion_mnist.py --output_dir data/fashion-mnist
+# Data (Debian, as root): apt-get install dataset-fashion-mnist && python examples/prepare_fashion_mnist.py --output_dir data/fashion-mnist
 # Each stage writes its pipeline (EMA weights) to its output folder and the next continues from it; the last,
 # out/mpdit-fashion-mnist-6, is the bundled folder (without the checkpoints and logs).
 python examples/train_mpdit.py \
