@@ -12,6 +12,12 @@ index last, so a cache with an index is complete.
 
 from __future__ import annotations
 
+# Before anything imports diffusers: torchao, installed with the quant extra, logs at import about kernels it lacks,
+# which would bury this script's one-line errors.
+from diffusers_mpdit.sampling import quiet_backend_warnings
+
+quiet_backend_warnings()
+
 import argparse
 import os
 import shutil
@@ -24,6 +30,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from diffusers_mpdit.arguments import OneLineParser, non_negative_int, positive_int
+from diffusers_mpdit.atomic import replace_path
 from diffusers_mpdit.paths import looks_like_local_path
 from diffusers_mpdit.sampling import default_device, one_line
 from diffusers_mpdit.training import (
@@ -104,17 +111,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    final_dir = Path(args.output_dir).absolute()
     try:
-        encode(args)
-    except UnreadableImageError as error:
-        raise SystemExit(f"error: {error.summary()} (--skip_unreadable_images skips such files)") from None
+        encode(args, final_dir, final_dir.parent / f".tmp-{final_dir.name}")
+    except BaseException as error:
+        # Every process gets here on its own; removing a folder another already removed is harmless.
+        shutil.rmtree(final_dir.parent / f".tmp-{final_dir.name}", ignore_errors=True)
+        if isinstance(error, UnreadableImageError):
+            raise SystemExit(f"error: {error.summary()} (--skip_unreadable_images skips such files)") from None
+        raise
 
 
 @torch.no_grad()
-def encode(args: argparse.Namespace) -> None:
+def encode(args: argparse.Namespace, final_dir: Path, output_dir: Path) -> None:
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
     accelerator = Accelerator(cpu=default_device() == "cpu", mixed_precision=args.mixed_precision)
-    output_dir = Path(args.output_dir)
+    # Written to `output_dir`, a temporary name, and renamed to `final_dir` when complete: a run that fails (an
+    # unreadable image, a crash) leaves any earlier cache as it was.
     try:
         dataset, id2label = load_image_dataset(
             args.train_data_dir, args.dataset_name, args.dataset_config_name, args.dataset_split,
@@ -184,7 +197,8 @@ def encode(args: argparse.Namespace) -> None:
             output_dir, all_shards, len(dataset), shapes[0], id2label, latents_mean, latents_std,
             args.pretrained_vae, args.resolution,
         )  # fmt: skip
-        print(f"Cached {len(dataset)} latents of shape {shapes[0]} in {len(all_shards)} shards at {output_dir}")
+        replace_path(output_dir, final_dir)
+        print(f"Cached {len(dataset)} latents of shape {shapes[0]} in {len(all_shards)} shards at {final_dir}")
         print(f"latents_mean {[round(v, 4) for v in latents_mean]}, latents_std {[round(v, 4) for v in latents_std]}")
     accelerator.end_training()
 

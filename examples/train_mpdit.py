@@ -13,6 +13,12 @@ depend on the number of processes (beyond batch arithmetic) nor on where it was 
 
 from __future__ import annotations
 
+# Before anything imports diffusers: torchao, installed with the quant extra, logs at import about kernels it lacks,
+# which would bury this script's one-line errors.
+from diffusers_mpdit.sampling import quiet_backend_warnings
+
+quiet_backend_warnings()
+
 import argparse
 import inspect
 import json

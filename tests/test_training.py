@@ -574,7 +574,7 @@ def test_a_vae_factor_enters_the_resolution_check(train_script, image_folder, va
     train_script.parse_args(train_args(image_folder, tmp_path / "out", 2, pretrained_vae=vae_dir, resolution=16))
 
 
-def test_an_unreadable_image_is_named_or_skipped_and_counted(image_folder, tmp_path):
+def test_an_unreadable_image_is_named_or_skipped_and_counted(image_folder, vae_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)
     bad = data / "circle" / "3.png"
@@ -589,6 +589,15 @@ def test_an_unreadable_image_is_named_or_skipped_and_counted(image_folder, tmp_p
     log = run.stdout + run.stderr
     assert f"skipped unreadable image {bad}" in log and "skipped 1 unreadable images of 24; training on 23" in log
     assert "23 samples, 23 per step" in log
+
+    # Latent extraction stops at it too, and an earlier cache in the output folder survives the failed run.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "latents_index.json").write_text("{}")
+    flags = ["--train_data_dir", data, "--pretrained_vae", vae_dir, "--resolution", 16, "--output_dir", cache]
+    run = launch(EXTRACT, [str(f) for f in flags], launcher="python", check=False)
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1].startswith(f"error: unreadable image {bad}")
+    assert os.listdir(cache) == ["latents_index.json"] and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_a_datasets_dataset_with_an_unknown_validation_class_creates_nothing(image_folder, tmp_path):
