@@ -462,11 +462,14 @@ def test_dtype_per_component_and_variant(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["/path/that/does/not/exist", "./missing", "~/missing", "some/local/folder"])
-def test_a_local_path_that_is_not_a_folder_is_named(name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("loader", ["MPDiTPipeline", "MPDiTTransformer2DModel"])
+def test_a_local_path_that_is_not_a_folder_is_named(name, loader, tmp_path, monkeypatch):
+    import diffusers_mpdit
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError) as info:
-        MPDiTPipeline.from_pretrained(name)
+        getattr(diffusers_mpdit, loader).from_pretrained(name)
     message = str(info.value)
     assert message.startswith(f"The local folder {name!r}") and "does not exist" in message and "\n" not in message
 

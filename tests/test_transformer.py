@@ -230,16 +230,6 @@ def test_per_block_models_have_no_official_layout():
 # --- loading errors ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["/path/that/does/not/exist", "./missing", "~/missing", "some/local/folder"])
-def test_a_local_path_that_is_not_a_folder_is_named(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(FileNotFoundError) as info:
-        MPDiTTransformer2DModel.from_pretrained(name)
-    message = str(info.value)
-    assert message.startswith(f"The local folder {name!r}") and "does not exist" in message and "\n" not in message
-
-
 def test_a_folder_under_home_loads_and_a_repo_id_still_goes_to_the_hub(tiny_model, tmp_path, monkeypatch, hub):
     tiny_model.save_pretrained(tmp_path / "model")
     monkeypatch.setenv("HOME", str(tmp_path))
