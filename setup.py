@@ -37,7 +37,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "train": ["datasets>=3.0", "tensorboard>=2.14"],
+        # LoRA (load_lora_weights, LoRA training) needs peft, which imports transformers.
+        "lora": ["peft>=0.17", "transformers>=4.41"],
+        "train": ["datasets>=3.0", "tensorboard>=2.14", "peft>=0.17", "transformers>=4.41"],
         "demo": ["gradio>=5.0"],
         "xformers": ["xformers>=0.0.28"],
         # Quantized loading (TorchAoConfig, QuantoConfig); bitsandbytes and fp8 need a GPU and are not listed.

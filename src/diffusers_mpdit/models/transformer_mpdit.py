@@ -18,10 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
@@ -185,7 +187,7 @@ def _patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
     )
 
 
-class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOfficialCheckpointMixin):
+class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin, FromOfficialCheckpointMixin):
     """MPDiT, a class-conditional flow-matching transformer that runs on a hierarchy of patch sizes.
 
     The hierarchy is a list of levels, coarse to fine: level `i` runs `depths[i]` blocks on a grid of
@@ -422,11 +424,13 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
         ends = list(accumulate(self.config.depths))
         return [self.transformer_blocks[end - depth : end] for end, depth in zip(ends, self.config.depths)]
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor | float,
         class_labels: torch.Tensor | int | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """Predicts the flow velocity `noise - data`.
@@ -438,6 +442,8 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, FromOffic
                 scalar. Schedulers' timesteps must be divided by their `num_train_timesteps` first.
             class_labels (`torch.Tensor` or `int`, *optional*): Class ids in `[0, num_classes]`, shape `(batch,)` or a
                 scalar; `num_classes` is the null class. None means the null class (unconditional).
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` multiplies every LoRA adapter's contribution by `s`
+                for this call (0 gives the base model), as in diffusers' other transformers.
             return_dict (`bool`, defaults to `True`): Return a [`Transformer2DModelOutput`] instead of a tuple.
 
         Returns:

@@ -17,7 +17,8 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..loaders import HubMixin, RemoteCodeMixin
+from ..loaders import HubMixin, MPDiTLoraLoaderMixin, RemoteCodeMixin
+from ..models import new_classes
 from ..models.transformer_mpdit import MPDiTTransformer2DModel
 from .class_names import ClassNames
 from .guidance import check_guidance_interval, check_guidance_scale
@@ -35,7 +36,7 @@ def _valid_with_null(class_names: ClassNames, class_labels: Any) -> bool:
     return True
 
 
-class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
+class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPipeline):
     r"""Class-conditional image generation with MPDiT.
 
     Args:
@@ -101,6 +102,49 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
     def labels(self) -> dict[str, int]:
         """Every class name (each comma-separated synonym) and its id, as DiTPipeline's `labels`."""
         return self.class_names.labels
+
+    def add_classes(self, names: Sequence[str], rows: torch.Tensor | None = None) -> list[int]:
+        """Teaches the pipeline new class names: grows the transformer's class tokens (see
+        [`~models.new_classes.add_classes`]) and adds the names to `id2label`. Old ids, and the null class's
+        embedding, are unchanged; the new rows start as copies of the null class's unless given.
+
+        Args:
+            names (`list[str]`): The new classes' names; none may already name a class.
+            rows (`torch.Tensor`, *optional*): Their trained class-token rows, `(len(names), width)`.
+
+        Returns:
+            `list[int]`: the new ids, in the order of `names`.
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            raise ValueError("`names` is empty: give at least one class name.")
+        known = self.labels
+        taken = [n for n in names if n in known or "," in n] + [n for i, n in enumerate(names) if n in names[:i]]
+        if taken:
+            raise ValueError(
+                f"`names`: {taken} already name classes (or hold a comma, which separates synonyms); new classes "
+                "need new names."
+            )
+        ids = new_classes.add_classes(self.transformer, len(names), rows)
+        self._set_id2label({**self.id2label, **dict(zip(ids, names))})
+        return ids
+
+    def remove_classes(self, class_ids: Sequence[int]) -> dict[int, int]:
+        """Takes classes out of the transformer and `id2label` (see [`~models.new_classes.remove_classes`]).
+
+        Args:
+            class_ids (`list[int]`): The ids to remove.
+
+        Returns:
+            `dict[int, int]`: each kept class's new id, keyed by its old one.
+        """
+        new_ids = new_classes.remove_classes(self.transformer, class_ids)
+        self._set_id2label({new_ids[i]: name for i, name in self.id2label.items() if i in new_ids})
+        return new_ids
+
+    def _set_id2label(self, id2label: dict[int, str]) -> None:
+        self.id2label = id2label
+        self.register_to_config(id2label=id2label or None)
 
     def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
         """Maps class names to ids, exactly or, failing that, ignoring case (see [`ClassNames`]).
@@ -261,6 +305,7 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
         sigmas: Sequence[float] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
     ) -> ImagePipelineOutput | tuple:
@@ -293,6 +338,8 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (model-space latents,
                 float32 whatever the transformer's dtype).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
+            attention_kwargs (`dict`, *optional*): Passed to the transformer at every step; `{"scale": s}` scales the
+                loaded LoRA adapters by `s` for this call (0: the base model).
             callback_on_step_end (`Callable`, *optional*): Called as `fn(pipe, step, timestep, callback_kwargs)` after
                 each scheduler step; may return replacements for the tensors it was given.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors passed to the
@@ -373,7 +420,9 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, DiffusionPipeline):
                     model_input = scale_model_input(model_input, t)
                 model_t = (t.float() / self.scheduler.config.num_train_timesteps).expand(model_input.shape[0])
                 labels = cfg_ids if guided else class_ids
-                velocity = self.transformer(model_input.to(model_dtype), model_t, labels, return_dict=False)[0]
+                velocity = self.transformer(
+                    model_input.to(model_dtype), model_t, labels, attention_kwargs=attention_kwargs, return_dict=False
+                )[0]
                 velocity = velocity[:, :in_channels].float()  # "joint" models predict extra channels
                 if guided:
                     cond, uncond = velocity.chunk(2)
