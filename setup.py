@@ -52,6 +52,8 @@ setup(
             "playwright>=1.40",
             "matplotlib>=3.7",
             "gradio_client>=1.0",
+            # examples/prepare_digits.py and the LoRA benchmark read its handwritten digits.
+            "scikit-learn>=1.3",
         ],
     },
     entry_points={"console_scripts": ["mpdit = diffusers_mpdit.cli:main"]},

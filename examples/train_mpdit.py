@@ -5,7 +5,9 @@
     torchrun --nproc_per_node 2 examples/train_mpdit.py ...        # CPU data parallel (gloo)
 
 Data: an imagefolder (`--train_data_dir`, class subfolders become labels), a `datasets` dataset (`--dataset_name`), or
-a latent cache from `examples/extract_latents.py` (`--latents_dir`). With `--pretrained_vae` images are encoded on the
+a latent cache from `examples/extract_latents.py` (`--latents_dir`). With `--lora_rank`, a LoRA of a pretrained pipeline
+(`--pretrained_model_name_or_path`) trains instead of the full model; classes of the data that the pretrained model
+lacks (by name) become new classes either way, after the model's own. With `--pretrained_vae` images are encoded on the
 fly; without a VAE the model trains in pixel space. Every step's noise, flow times, label dropout, flips and posterior
 samples come from a generator keyed by (seed, step, micro-step) and drawn for the global batch, so a run does not
 depend on the number of processes (beyond batch arithmetic) nor on where it was interrupted and resumed.
@@ -20,6 +22,7 @@ from diffusers_mpdit.sampling import quiet_backend_warnings
 quiet_backend_warnings()
 
 import argparse
+import copy
 import inspect
 import json
 import logging
@@ -36,22 +39,28 @@ from diffusers import AutoencoderKL
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import is_compiled_module
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from diffusers_mpdit import MPDiTPipeline, MPDiTTransformer2DModel, default_scheduler
 from diffusers_mpdit.arguments import OneLineParser, integer, non_negative_int, number, positive_int, positive_number
 from diffusers_mpdit.atomic import atomic_path, save_pretrained_atomically
+from diffusers_mpdit.loaders.hub import push_lora_to_hub
+from diffusers_mpdit.models.new_classes import add_classes
 from diffusers_mpdit.models.presets import PRESETS, get_preset
 from diffusers_mpdit.paths import looks_like_local_path
 from diffusers_mpdit.pipelines import ClassNames
 from diffusers_mpdit.sampling import SamplingConfig, default_device, labelled_grid, one_line
 from diffusers_mpdit.training import (
+    LORA_TARGET_MODULES,
     WEIGHTING_SCHEMES,
     EpochSampler,
     ImageTransform,
     LatentCacheDataset,
     UnreadableImageError,
+    add_lora,
     check_checkpoint,
+    class_label_map,
     collate,
     drop_class_labels,
     drop_unreadable_images,
@@ -61,12 +70,17 @@ from diffusers_mpdit.training import (
     list_checkpoints,
     load_ema,
     load_image_dataset,
+    load_trainable_state_dict,
     normalize_latents,
+    optimizer_groups,
     sample_flow_times,
     save_checkpoint,
+    save_lora,
     step_generator,
+    trainable_state_dict,
 )
 from diffusers_mpdit.training.latent_cache import INDEX_NAME
+from diffusers_mpdit.training.lora import EMA_FILE, TRAINABLE_FILE
 
 logger = get_logger(__name__)
 
@@ -124,6 +138,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--model_config", default="{}", help="JSON config overrides, e.g. '{\"depths\": [2, 2]}'")
     model.add_argument("--pretrained_model_name_or_path", help="start from a pipeline or transformer folder")
+
+    lora = p.add_argument_group("LoRA (with --pretrained_model_name_or_path)")
+    lora.add_argument(
+        "--lora_rank",
+        type=positive_int,
+        help="train a LoRA of this rank (and the rows of new classes) instead of the full model; saves "
+        "pytorch_lora_weights.safetensors for MPDiTPipeline.load_lora_weights",
+    )
+    lora.add_argument("--lora_alpha", type=positive_number, help="LoRA alpha (default: the rank, a scale of 1)")
+    lora.add_argument(
+        "--lora_target_modules",
+        default=",".join(LORA_TARGET_MODULES),
+        help=f"comma-separated module names the LoRA wraps (default {','.join(LORA_TARGET_MODULES)}: every "
+        "attention projection; e.g. add ff.net.0.proj,ff.net.2 for the MLPs)",
+    )
 
     recipe = p.add_argument_group("recipe (defaults: the official one)")
     recipe.add_argument(
@@ -267,6 +296,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give exactly one of --train_data_dir, --dataset_name, --latents_dir")
     if args.report_to == "wandb" and args.hub_token:
         p.error("--report_to wandb with --hub_token would expose the token in the logs; use `hf auth login`")
+    if args.lora_rank is None and (
+        args.lora_alpha is not None or args.lora_target_modules != ",".join(LORA_TARGET_MODULES)
+    ):
+        p.error("--lora_alpha and --lora_target_modules need --lora_rank")
+    if args.lora_rank is not None and not args.pretrained_model_name_or_path:
+        p.error("--lora_rank needs --pretrained_model_name_or_path: a LoRA adapts a trained model")
+    args.lora_target_modules = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
+    if not args.lora_target_modules:
+        p.error("--lora_target_modules is empty")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id")
     if args.hub_model_id is not None and args.hub_model_id.count("/") != 1:
@@ -298,7 +336,7 @@ def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             p.error(f"--resume_from_checkpoint: {one_line(error)}")
 
     # The data, and its classes where known without loading it.
-    id2label, latent_size = None, None
+    id2label, latent_size, classes = None, None, None
     if args.train_data_dir:
         try:
             id2label = dict(enumerate(image_folder_classes(args.train_data_dir)))
@@ -324,11 +362,11 @@ def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             config = MPDiTTransformer2DModel.load_config(str(source), subfolder=subfolder)
         except (OSError, ValueError) as error:
             p.error(f"--pretrained_model_name_or_path {str(source)!r}: cannot read its config: {one_line(error)}")
-        if id2label is not None and config["num_classes"] != len(id2label):
-            p.error(
-                f"--pretrained_model_name_or_path: the model has {config['num_classes']} classes, the data "
-                f"{len(id2label)}"
-            )
+        if id2label is not None:
+            try:
+                classes = run_classes(pretrained_class_names(source), config["num_classes"], id2label)
+            except ValueError as error:
+                p.error(f"--pretrained_model_name_or_path: {error}")
     else:
         known = set(inspect.signature(MPDiTTransformer2DModel.__init__).parameters) - {"self"}
         unknown = sorted(set(args.model_config) - known)
@@ -361,8 +399,9 @@ def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             )
 
     if id2label is not None:
+        label_map, _, model_id2label = classes or run_classes(None, len(id2label), id2label)
         try:
-            args.validation_class_ids = parse_validation_classes(args.validation_classes, id2label)
+            args.validation_class_ids = parse_validation_classes(args.validation_classes, model_id2label, label_map)
         except ValueError as error:
             p.error(f"--validation_classes: {error}")
 
@@ -446,24 +485,33 @@ def train(args: argparse.Namespace) -> None:
             dataset = image_dataset.with_transform(transform)
         vae_source = args.pretrained_vae
 
-    # Model: a preset (or a pretrained folder) fitted to the data.
+    # Model: a preset (or a pretrained folder) fitted to the data; the data's classes it lacks are added.
+    base_names = None
     if args.pretrained_model_name_or_path:
         source = Path(args.pretrained_model_name_or_path)
         subfolder = "transformer" if (source / "transformer").is_dir() else None
         model = MPDiTTransformer2DModel.from_pretrained(source, subfolder=subfolder)
+        base_names = pretrained_class_names(source)
     else:
         config = {"num_classes": len(id2label), "in_channels": channels, "sample_size": sample_size}
         model = MPDiTTransformer2DModel.from_preset(args.preset, **{**config, **args.model_config})
-    if model.config.num_classes != len(id2label) or model.config.in_channels != channels:
+    try:
+        label_map, new_names, model_id2label = run_classes(base_names, model.config.num_classes, id2label)
+    except ValueError as error:
+        raise SystemExit(f"error: --pretrained_model_name_or_path: {error}") from None
+    if model.config.in_channels != channels:
         raise SystemExit(
-            f"error: the model has {model.config.num_classes} classes and {model.config.in_channels} input channels; "
-            f"the data has {len(id2label)} classes and {channels} channels"
+            f"error: the model has {model.config.in_channels} input channels, the data {channels} channels"
         )
     if getattr(args, "validation_class_ids", None) is None:  # a `datasets` dataset names its classes once loaded
         try:
-            args.validation_class_ids = parse_validation_classes(args.validation_classes, id2label)
+            args.validation_class_ids = parse_validation_classes(args.validation_classes, model_id2label, label_map)
         except ValueError as error:
             raise SystemExit(f"error: --validation_classes: {error}") from None
+    base_num_classes = model.config.num_classes
+    new_class_ids = add_classes(model, len(new_names)) if new_names else []
+    if new_names:
+        logger.info(f"New classes {dict(zip(new_class_ids, new_names))} after the model's {base_num_classes}")
     global_batch = args.train_batch_size * accelerator.num_processes
     steps_per_epoch = len(dataset) // global_batch // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
@@ -479,14 +527,19 @@ def train(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     model.train()
+    lora = args.lora_rank is not None
+    if lora:
+        trainable = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_target_modules, new_class_ids)
+    else:
+        trainable = list(model.parameters())
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = EMAModel(
-        model.parameters(),
+        trainable,
         decay=args.ema_decay,
         min_decay=args.ema_decay,  # a constant decay, as the official recipe (diffusers would otherwise ramp it up)
-        model_cls=MPDiTTransformer2DModel,
-        model_config=model.config,
+        # A LoRA's EMA covers the adapter and new rows only: it is saved as a state dict, not as a model.
+        **({} if lora else {"model_cls": MPDiTTransformer2DModel, "model_config": model.config}),
     )
 
     def unwrap(m):
@@ -496,17 +549,32 @@ def train(args: argparse.Namespace) -> None:
     def save_hook(models, weights, directory):
         if accelerator.is_main_process:
             for m in models:
-                unwrap(m).save_pretrained(os.path.join(directory, "transformer"))
+                if lora:
+                    lora_dir = Path(directory) / "transformer_lora"
+                    lora_dir.mkdir(exist_ok=True)
+                    save_file(trainable_state_dict(unwrap(m)), str(lora_dir / TRAINABLE_FILE))
+                    torch.save(ema.state_dict(), lora_dir / EMA_FILE)
+                else:
+                    unwrap(m).save_pretrained(os.path.join(directory, "transformer"))
                 weights.pop()
-            ema.save_pretrained(os.path.join(directory, "transformer_ema"))
+            if not lora:
+                ema.save_pretrained(os.path.join(directory, "transformer_ema"))
 
     def load_hook(models, directory):
-        loaded_ema = load_ema(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel)
-        ema.load_state_dict(loaded_ema.state_dict())
+        if lora:
+            ema.load_state_dict(torch.load(Path(directory) / "transformer_lora" / EMA_FILE, weights_only=True))
+        else:
+            ema.load_state_dict(
+                load_ema(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel).state_dict()
+            )
         ema.to(accelerator.device)
         for _ in range(len(models)):
-            loaded = MPDiTTransformer2DModel.from_pretrained(directory, subfolder="transformer")
-            unwrap(models.pop()).load_state_dict(loaded.state_dict())
+            target = unwrap(models.pop())
+            if lora:
+                load_trainable_state_dict(target, Path(directory) / "transformer_lora" / TRAINABLE_FILE)
+            else:
+                loaded = MPDiTTransformer2DModel.from_pretrained(directory, subfolder="transformer")
+                target.load_state_dict(loaded.state_dict())
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -514,7 +582,7 @@ def train(args: argparse.Namespace) -> None:
     if args.scale_lr:
         args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        optimizer_groups(model, args.adam_weight_decay) if lora else model.parameters(),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
@@ -578,9 +646,12 @@ def train(args: argparse.Namespace) -> None:
     )
     data_shape = (global_batch, channels, sample_size, sample_size)
     validation_classes = args.validation_class_ids
+    label_ids = torch.tensor(label_map)  # data id -> model id
 
     def ema_pipeline():
-        return final_pipeline(unwrap(model), ema, vae_source, latent_config, id2label)
+        if lora:
+            return lora_pipeline(unwrap(model), ema, vae_source, latent_config, model_id2label)
+        return final_pipeline(unwrap(model), ema, vae_source, latent_config, model_id2label)
 
     def grid(step: int, pipeline: MPDiTPipeline | None = None, name: str | None = None):
         if not accelerator.is_main_process:
@@ -618,7 +689,9 @@ def train(args: argparse.Namespace) -> None:
                 data = prepare_data(batch, vae, latent_config, g, data_shape, rank_slice, accelerator)
                 if args.random_flip:
                     data = torch.where(flips.view(-1, 1, 1, 1).to(data.device), data.flip(-1), data)
-                labels = drop_class_labels(batch["label"], null_class, args.class_dropout_prob, uniform=drop_draws)
+                labels = drop_class_labels(
+                    label_ids[batch["label"]], null_class, args.class_dropout_prob, uniform=drop_draws
+                )
                 loss = flow_matching_loss(
                     model, data, noise.to(data), flow_times.to(data.device), labels.to(data.device)
                 )
@@ -632,14 +705,14 @@ def train(args: argparse.Namespace) -> None:
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
                 continue
-            ema.step(unwrap(model).parameters())
+            ema.step([p for p in unwrap(model).parameters() if p.requires_grad])
             global_step += 1
             progress.update(1)
             # .item() waits for the device to finish the step, so that its time is counted as training time.
@@ -674,7 +747,16 @@ def train(args: argparse.Namespace) -> None:
     progress.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and lora:
+        save_lora(ema_transformer(unwrap(model), ema), output_dir, new_class_ids, model_id2label)
+        # The grid comes from the saved file through load_lora_weights, as a user would load it.
+        pipeline = pretrained_pipeline(args.pretrained_model_name_or_path, vae_source, latent_config, base_names)
+        pipeline.load_lora_weights(output_dir)
+        final_grid = grid(global_step, pipeline, name="final")
+        logger.info(f"Saved the LoRA (EMA weights) to {output_dir / 'pytorch_lora_weights.safetensors'}")
+        if args.push_to_hub:
+            push_lora(args, unwrap(model), final_grid, len(dataset), global_step, total, new_names)
+    elif accelerator.is_main_process:
         pipeline = ema_pipeline()
         save_pretrained_atomically(pipeline, output_dir, merge=True)
         final_grid = grid(global_step, pipeline, name="final")
@@ -710,11 +792,19 @@ def prepare_data(batch, vae, latent_config, generator, data_shape, rank_slice, a
     return normalize_latents(latents.float(), latent_config)
 
 
-def parse_validation_classes(spec: str | None, id2label: dict[int, str]) -> list[int]:
-    """The grids' class ids: `spec`'s comma-separated ids or names, or up to the first 8 classes."""
+def run_classes(base_names, base_num_classes: int, data_id2label: dict[int, str]):
+    """The run's classes: `(label_map, new_names, model_id2label)`; `label_map[data id]` is the model's id, and the
+    model's names are the pretrained pipeline's (or the data's), then the new ones."""
+    label_map, new_names = class_label_map(base_names, base_num_classes, data_id2label)
+    return label_map, new_names, {**(base_names or {}), **{label_map[i]: n for i, n in data_id2label.items()}}
+
+
+def parse_validation_classes(spec: str | None, id2label: dict[int, str], label_map: list[int]) -> list[int]:
+    """The grids' model class ids: `spec`'s comma-separated ids or names of any of the model's classes, or the
+    data's first 8 classes."""
     if not spec:
-        return list(range(min(8, len(id2label))))
-    return ClassNames(id2label, len(id2label)).ids(spec.split(","), allow_null=False, parse_digits=True)
+        return label_map[:8]
+    return ClassNames(id2label, max(id2label) + 1).ids(spec.split(","), allow_null=False, parse_digits=True)
 
 
 def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
@@ -722,16 +812,58 @@ def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipe
     transformer = MPDiTTransformer2DModel.from_config(model.config)
     ema.copy_to(transformer.parameters())
     transformer.eval()
-    vae = None
-    if vae_source:
-        vae = AutoencoderKL.from_pretrained(vae_source).eval()
-        if latent_config is not None and getattr(latent_config, "latents_mean", None) is not None:
-            vae.register_to_config(
-                latents_mean=list(latent_config.latents_mean),
-                latents_std=list(latent_config.latents_std),
-                scaling_factor=latent_config.scaling_factor,
-            )
-    return MPDiTPipeline(transformer=transformer, vae=vae, scheduler=default_scheduler(), id2label=id2label)
+    return MPDiTPipeline(
+        transformer=transformer,
+        vae=load_vae(vae_source, latent_config),
+        scheduler=default_scheduler(),
+        id2label=id2label,
+    )
+
+
+def ema_transformer(model, ema) -> MPDiTTransformer2DModel:
+    """A copy of a LoRA run's model (adapter and grown class table) whose trainable weights are the EMA's."""
+    copied = copy.deepcopy(model).eval()
+    ema.copy_to([p for p in copied.parameters() if p.requires_grad])
+    return copied
+
+
+def lora_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
+    """A pipeline on a LoRA run's model with the EMA weights, for the validation grids."""
+    vae = load_vae(vae_source, latent_config)
+    return MPDiTPipeline(ema_transformer(model, ema), vae, default_scheduler(), id2label=id2label)
+
+
+def pretrained_pipeline(source, vae_source, latent_config, base_names) -> MPDiTPipeline:
+    """The pretrained model as a pipeline: the saved pipeline (its sampling defaults too), or a transformer folder
+    with the run's VAE."""
+    if (Path(source) / "model_index.json").is_file():
+        return MPDiTPipeline.from_pretrained(source)
+    transformer = MPDiTTransformer2DModel.from_pretrained(source).eval()
+    vae = load_vae(vae_source, latent_config)
+    return MPDiTPipeline(transformer, vae, default_scheduler(), id2label=base_names)
+
+
+def pretrained_class_names(source: str | os.PathLike) -> dict[int, str] | None:
+    """The class names a pretrained pipeline folder records in `model_index.json`; None for a transformer folder."""
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return None
+    id2label = json.loads(index.read_text()).get("id2label")
+    return {int(k): v for k, v in id2label.items()} if id2label else None
+
+
+def load_vae(vae_source, latent_config) -> AutoencoderKL | None:
+    """The run's VAE, with the data's latent statistics where a latent cache measured them; None in pixel space."""
+    if not vae_source:
+        return None
+    vae = AutoencoderKL.from_pretrained(vae_source).eval()
+    if latent_config is not None and getattr(latent_config, "latents_mean", None) is not None:
+        vae.register_to_config(
+            latents_mean=list(latent_config.latents_mean),
+            latents_std=list(latent_config.latents_std),
+            scaling_factor=latent_config.scaling_factor,
+        )
+    return vae
 
 
 @torch.no_grad()
@@ -779,6 +911,35 @@ def push(args, pipeline, grid, num_samples, steps, batch) -> None:
         private=args.hub_private_repo,
         card_template="mpdit-trained",
         card_values=values,
+        extra_files={"samples/final.png": str(grid)},
+    )
+
+
+def push_lora(args, model, grid, num_samples, steps, batch, new_names) -> None:
+    data = args.dataset_name or Path(args.train_data_dir or args.latents_dir).name
+    values = {
+        "title": args.hub_model_id.split("/")[-1],
+        "license": "apache-2.0",
+        "base_model": args.pretrained_model_name_or_path,
+        "dataset": data,
+        "num_samples": num_samples,
+        "num_classes": model.config.num_classes,
+        "new_classes": new_names,
+        "rank": args.lora_rank,
+        "alpha": args.lora_alpha or args.lora_rank,
+        "target_modules": args.lora_target_modules,
+        "trainable_parameters": f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+        "steps": steps,
+        "recipe": f"AdamW lr {args.learning_rate}, batch {batch}, EMA {args.ema_decay}",
+        "sample_grid": "samples/final.png",
+        "example_classes": json.dumps((new_names or [model.config.num_classes - 1])[:2]),
+    }
+    push_lora_to_hub(
+        args.output_dir,
+        args.hub_model_id,
+        values,
+        token=args.hub_token,
+        private=args.hub_private_repo,
         extra_files={"samples/final.png": str(grid)},
     )
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # annotations only: the Hub client is imported when used
     from huggingface_hub import ModelCard
 
 TEMPLATES = ("mpdit-xl-256", "mpdit-xl-512", "mpdit-b-256", "mpdit-demo", "mpdit-trained", "mpdit")
+# Cards of adapters rather than pipelines: their usage loads a base pipeline, then the LoRA.
+LORA_TEMPLATES = ("mpdit-lora",)
 HUB_KEYS = ("revision", "cache_dir", "token", "force_download", "proxies")
 
 
@@ -33,7 +35,7 @@ def render_model_card(template: str, **values: Any) -> ModelCard:
     """Renders `hub_cards/<template>.md` into a `huggingface_hub.ModelCard`.
 
     Args:
-        template (`str`): One of `TEMPLATES`.
+        template (`str`): One of `TEMPLATES` or `LORA_TEMPLATES`.
         **values: The template's variables; every card needs `repo_id`.
 
     Raises:
@@ -42,8 +44,10 @@ def render_model_card(template: str, **values: Any) -> ModelCard:
     import jinja2
     from huggingface_hub import ModelCard
 
-    if template not in TEMPLATES:
-        raise ValueError(f"Unknown model-card `template` {template!r}; choose one of {', '.join(TEMPLATES)}.")
+    if template not in TEMPLATES + LORA_TEMPLATES:
+        raise ValueError(
+            f"Unknown model-card `template` {template!r}; choose one of {', '.join(TEMPLATES + LORA_TEMPLATES)}."
+        )
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(_template_source), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
@@ -196,9 +200,53 @@ class HubMixin:
         with tempfile.TemporaryDirectory() as tmpdir:
             self.save_pretrained(tmpdir, safe_serialization=safe_serialization, variant=variant)
             card.save(os.path.join(tmpdir, "README.md"))
-            for path_in_repo, local_path in (extra_files or {}).items():
-                os.makedirs(os.path.dirname(os.path.join(tmpdir, path_in_repo)), exist_ok=True)
-                shutil.copyfile(local_path, os.path.join(tmpdir, path_in_repo))
+            _copy_extra_files(tmpdir, extra_files)
             return self._upload_folder(
                 tmpdir, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
             )
+
+
+def push_lora_to_hub(
+    lora_directory: str | os.PathLike,
+    repo_id: str,
+    card_values: dict[str, Any],
+    token: str | None = None,
+    private: bool | None = None,
+    extra_files: dict[str, str] | None = None,
+    commit_message: str | None = None,
+) -> Any:
+    """Uploads a LoRA (`pytorch_lora_weights.safetensors`) with a model card rendered from `hub_cards/mpdit-lora.md`.
+
+    Args:
+        lora_directory (`str` or `os.PathLike`): The folder holding the LoRA file.
+        repo_id (`str`): `namespace/name`.
+        card_values (`dict`): The card's values (`base_model`, `dataset`, `rank`, ...); `repo_id` is added.
+        token (`str`, *optional*): A write token; defaults to the logged-in one.
+        private (`bool`, *optional*): Create the repo as private (ignored if it exists).
+        extra_files (`dict[str, str]`, *optional*): More files, `{path in repo: local path}` (the sample grid).
+        commit_message (`str`, *optional*): Defaults to "Upload LoRA".
+
+    Returns:
+        The `CommitInfo` of the upload.
+    """
+    from huggingface_hub import HfApi
+
+    from .lora import LORA_WEIGHT_NAME
+
+    weights = os.path.join(lora_directory, LORA_WEIGHT_NAME)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"No {LORA_WEIGHT_NAME} in {os.fspath(lora_directory)!r}.")
+    render_model_card("mpdit-lora", **{**card_values, "repo_id": repo_id}).validate()  # before creating the repo
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as tmpdir:
+        shutil.copyfile(weights, os.path.join(tmpdir, LORA_WEIGHT_NAME))
+        render_model_card("mpdit-lora", **{**card_values, "repo_id": repo_id}).save(os.path.join(tmpdir, "README.md"))
+        _copy_extra_files(tmpdir, extra_files)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmpdir, commit_message=commit_message or "Upload LoRA")
+
+
+def _copy_extra_files(folder: str, extra_files: dict[str, str] | None) -> None:
+    for path_in_repo, local_path in (extra_files or {}).items():
+        os.makedirs(os.path.dirname(os.path.join(folder, path_in_repo)), exist_ok=True)
+        shutil.copyfile(local_path, os.path.join(folder, path_in_repo))

@@ -1,8 +1,8 @@
 """Training helpers shared by the example scripts and the tests: data, the flow-matching objective, latent
-normalisation and caches, checkpoints."""
+normalisation and caches, checkpoints, LoRA."""
 
 from ..pipelines.latents import denormalize_latents, normalize_latents
-from .checkpoints import CHECKPOINT_FILES, check_checkpoint, list_checkpoints, save_checkpoint
+from .checkpoints import CHECKPOINT_FILES, LORA_CHECKPOINT_FILES, check_checkpoint, list_checkpoints, save_checkpoint
 from .data import (
     EpochSampler,
     ImageTransform,
@@ -25,10 +25,23 @@ from .flow_matching import (
     step_generator,
 )
 from .latent_cache import LatentCacheDataset
+from .lora import (
+    LORA_TARGET_MODULES,
+    add_lora,
+    class_label_map,
+    load_trainable_state_dict,
+    optimizer_groups,
+    save_lora,
+    trainable_state_dict,
+)
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "LORA_CHECKPOINT_FILES",
+    "LORA_TARGET_MODULES",
     "WEIGHTING_SCHEMES",
+    "add_lora",
+    "class_label_map",
     "EpochSampler",
     "ImageTransform",
     "LatentCacheDataset",
@@ -48,9 +61,13 @@ __all__ = [
     "list_checkpoints",
     "load_ema",
     "load_image_dataset",
+    "load_trainable_state_dict",
     "normalize_latents",
+    "optimizer_groups",
     "pad_to",
     "sample_flow_times",
     "save_checkpoint",
+    "save_lora",
     "step_generator",
+    "trainable_state_dict",
 ]

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from diffusers_mpdit.atomic import replace_path
 
+_STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "training_state.json")
 CHECKPOINT_FILES = (
     "transformer/config.json",
     "transformer/diffusion_pytorch_model.safetensors",
     "transformer_ema/config.json",
     "transformer_ema/diffusion_pytorch_model.safetensors",
-    "optimizer.bin",
-    "scheduler.bin",
-    "random_states_0.pkl",
-    "training_state.json",
+    *_STATE_FILES,
 )
+# A LoRA run saves only what trains (the adapter and the new class rows) and their EMA.
+LORA_CHECKPOINT_FILES = ("transformer_lora/trainable.safetensors", "transformer_lora/ema.pt", *_STATE_FILES)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -44,7 +44,8 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder.")
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    expected = LORA_CHECKPOINT_FILES if (path / "transformer_lora").is_dir() else CHECKPOINT_FILES
+    missing = [f for f in expected if not (path / f).is_file()]
     if missing:
         raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
     state = json.loads((path / "training_state.json").read_text())
