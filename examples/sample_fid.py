@@ -101,7 +101,9 @@ def check_settings(output_dir: str, settings: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        # Keys on either side: a setting recorded only when used (a LoRA) counts when it is dropped, too.
+        keys = list(settings) + [k for k in previous if k not in settings]
+        changed = {k: (previous.get(k), settings.get(k)) for k in keys if previous.get(k) != settings.get(k)}
         if changed:
             details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise SystemExit(f"{output_dir} holds samples made with other settings ({details}); use another folder")
@@ -120,7 +122,7 @@ def main(argv=None) -> None:
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
     state = PartialState(cpu=default_device() == "cpu")
     try:
-        pipe = load_pipeline(args.model, str(state.device), config.dtype)
+        pipe = load_pipeline(args.model, str(state.device), config.dtype, config.lora, config.lora_scale)
     except ValueError as error:
         raise SystemExit(f"error: --{error}") from None
     pipe.set_progress_bar_config(disable=True)

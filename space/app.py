@@ -22,8 +22,10 @@ from diffusers_mpdit import BUNDLED_MODEL
 from diffusers_mpdit.arguments import OneLineParser, integer, positive_int
 from diffusers_mpdit.sampling import (
     DTYPES,
+    FLAGS,
     SAMPLERS,
     SamplingConfig,
+    add_sampling_arguments,
     check_model_path,
     load_pipeline,
     quiet_backend_warnings,
@@ -52,15 +54,23 @@ UI_NAMES = {
 CHANNEL_NAMES = {1: "greyscale", 3: "RGB", 4: "RGBA"}
 
 
-def load(model: str, device: str | None = None, dtype: str = SamplingConfig.dtype) -> MPDiTPipeline:
+def load(
+    model: str,
+    device: str | None = None,
+    dtype: str = SamplingConfig.dtype,
+    lora: str | None = None,
+    lora_scale: float = SamplingConfig.lora_scale,
+) -> MPDiTPipeline:
     """The pipeline the Space serves (`diffusers_mpdit.sampling.load_pipeline`, with its device and dtype defaults).
 
     Args:
         model (`str`): A pipeline folder or a Hub repo id.
         device (`str`, *optional*): Where to put it; None: the accelerator if any, else the CPU.
         dtype (`str`): One of `DTYPES`.
+        lora (`str`, *optional*): A LoRA folder, file or Hub id to load; its new classes join the picker.
+        lora_scale (`float`): The LoRA's weight.
     """
-    return load_pipeline(model, device, dtype)
+    return load_pipeline(model, device, dtype, lora, lora_scale)
 
 
 def class_choices(pipe: MPDiTPipeline) -> list[tuple[str, str]]:
@@ -414,10 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=integer(1, 65535), default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--concurrency", type=positive_int, default=1, help="generations at a time")
     parser.add_argument("--max-queue", type=positive_int, default=20, help="requests allowed to wait")
+    # The LoRA flags are the sampling configuration's; the other sampling settings are the page's controls.
+    add_sampling_arguments(parser, "dash", exclude=set(FLAGS["dash"]) - {"lora", "lora_scale"})
     args = parser.parse_args(argv)
+    lora = SamplingConfig.from_args(args, parser)
     quiet_backend_warnings()
     try:
-        pipe = load(args.model, args.device, args.dtype)
+        pipe = load(args.model, args.device, args.dtype, lora.lora, lora.lora_scale)
     except ValueError as error:
         parser.error(str(error))
     demo = build_demo(pipe, model=args.model)

@@ -267,3 +267,41 @@ def test_a_lora_for_another_model_is_refused_in_one_line_and_changes_nothing(tmp
     with pytest.raises(ValueError, match="adds classes to a model of 20 classes; the transformer has 10"):
         pipe.load_lora_weights(tmp_path / "more")
     assert pipe.transformer.config.num_classes == 10
+
+
+def test_front_ends_load_a_lora_through_the_sampling_configuration(tmp_path, capsys):
+    from conftest import run_in_process
+
+    from diffusers_mpdit.cli import main as cli_main
+    from diffusers_mpdit.sampling import SamplingConfig, load_pipeline
+
+    trained, new_classes = _pipeline_with_lora()
+    save_lora(trained, tmp_path / "lora", new_classes)
+    lora_file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    base = tiny_pipeline()
+    base.save_pretrained(tmp_path / "base")
+
+    # The adapter weight set at load equals the per-call scale of a pipeline loaded by hand.
+    pipe = load_pipeline(str(tmp_path / "base"), "cpu", lora=str(lora_file), lora_scale=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    by_hand = MPDiTPipeline.from_pretrained(tmp_path / "base")
+    by_hand.set_progress_bar_config(disable=True)
+    by_hand.load_lora_weights(tmp_path / "lora")
+    expected = _latents(by_hand, ["zebra", "coat"], attention_kwargs={"scale": 0.5})
+    torch.testing.assert_close(_latents(pipe, ["zebra", "coat"]), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, _latents(by_hand, ["zebra", "coat"]), atol=1e-4)
+
+    config = SamplingConfig(lora=str(tmp_path / "lora" / "." / "pytorch_lora_weights.safetensors"), lora_scale=0.5)
+    settings = config.validate().settings(pipe)
+    assert settings["lora"] == str(lora_file.resolve()) and settings["lora_scale"] == 0.5  # one spelling per file
+    assert f"LoRA {lora_file.resolve()} at 0.5" in config.describe(pipe)
+
+    out = tmp_path / "grid.png"
+    argv = ["generate", "--model", tmp_path / "base", "--lora", tmp_path / "lora", "--lora_scale", "0.5"]
+    code, _, err = run_in_process(cli_main, [*argv, "--class", "zebra", "coat", "--steps", "2", "-o", out], capsys)
+    assert code == 0 and out.is_file(), err
+    argv = ["generate", "--model", tmp_path / "base", "--lora", tmp_path / "nothing", "-o", tmp_path / "x.png"]
+    code, _, err = run_in_process(cli_main, argv, capsys)
+    assert code == 2 and "--lora" in err and "no such file or folder" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_in_process(cli_main, [*argv[:3], "--lora", tmp_path / "base", "-o", tmp_path / "x.png"], capsys)
+    assert code == 2 and f"lora '{tmp_path / 'base'}': cannot load it" in err and len(err.strip().splitlines()) == 1

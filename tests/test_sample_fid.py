@@ -15,6 +15,7 @@ from test_samplers import hand_ode, hand_sde
 from test_training import launch
 
 from diffusers_mpdit import MPDiTPipeline
+from diffusers_mpdit.loaders import NewClasses
 
 SCRIPT = str(Path(__file__).parents[1] / "examples" / "sample_fid.py")
 sys.path.insert(0, str(Path(SCRIPT).parent))
@@ -118,6 +119,8 @@ def test_refuses_to_mix_settings(model_dir, tmp_path):
         ("diffusion_form", "linear", "--diffusion_form must be one of constant, SBDM"),
         ("last_step_size", "0.6", "--last_step_size must be a number in (0, 0.5)"),
         ("label_sampling", "stratified", "argument --label_sampling: invalid choice: 'stratified'"),
+        ("lora", "/no/lora", "--lora '/no/lora': no such file or folder"),
+        ("lora_scale", "nan", "argument --lora_scale: expected a finite number, got 'nan'"),
     ],
 )
 def test_bad_arguments(model_dir, tmp_path, capsys, flag, value, message):
@@ -155,6 +158,27 @@ def test_the_bundled_model_by_name_and_one_identity_for_every_spelling_of_a_path
     assert spellings == {str(model_dir.resolve())}
     assert sample_fid.model_identity(BUNDLED_MODEL) == sample_fid.model_identity("bundled") == "bundled"
     assert sample_fid.model_identity("org/name") == "org/name"  # a Hub id stays as given
+
+
+def test_a_lora_is_recorded_in_the_settings_and_a_resume_without_it_is_refused(model_dir, tmp_path, capsys):
+    import sample_fid
+    from test_lora import save_lora, with_adapter
+
+    args = sample_args(model_dir, tmp_path / "out", num_samples=4, batch_size=4)
+    code, _, err = run_in_process(sample_fid.main, [*args, "--lora", model_dir], capsys)  # a pipeline, not a LoRA
+    assert code != 0 and f"--lora '{model_dir}': cannot load it" in err and len(err.strip().splitlines()) == 1
+
+    pipe = MPDiTPipeline.from_pretrained(model_dir)
+    with_adapter(pipe.transformer)
+    ids = pipe.add_classes(["owl"])
+    save_lora(pipe, tmp_path / "lora", NewClasses.from_pipeline(pipe, ids[0]))
+    code, _, err = run_in_process(sample_fid.main, [*args, "--lora", tmp_path / "lora", "--lora_scale", "0.5"], capsys)
+    assert code == 0, err
+    settings = json.loads((tmp_path / "out" / "sampling_settings.json").read_text())
+    assert settings["lora"] == str((tmp_path / "lora").resolve()) and settings["lora_scale"] == 0.5
+    assert settings["num_classes"] == 11  # the LoRA's class joins the model's
+    code, _, err = run_in_process(sample_fid.main, args, capsys)
+    assert code != 0 and f"lora: '{(tmp_path / 'lora').resolve()}' -> None" in err
 
 
 def test_help_shows_the_commands_as_written(capsys):

@@ -233,6 +233,9 @@ class SamplingConfig:
         diffusion_form (`str`, defaults to `"SBDM"`): `sde` only: the diffusion coefficient (`DIFFUSION_FORMS`).
         diffusion_norm (`float`, defaults to 1.0): `sde` only: its scale.
         last_step_size (`float`, defaults to 0.04): `sde` only: the grid runs from `1 - h` to `h`, then to 0.
+        lora (`str`, *optional*): A LoRA to load into the pipeline (`load_lora_weights`): a folder, a file or a Hub
+            repo id; its new classes join the pipeline's.
+        lora_scale (`float`, defaults to 1.0): The LoRA's weight (0: the base model).
     """
 
     scheduler: str = "euler"
@@ -245,6 +248,8 @@ class SamplingConfig:
     diffusion_form: str = "SBDM"
     diffusion_norm: float = 1.0
     last_step_size: float = 0.04
+    lora: str | None = None
+    lora_scale: float = 1.0
 
     def validate(self, names: Mapping[str, str] | None = None) -> SamplingConfig:
         """Raises a one-line ValueError naming the first bad field (by `names[field]`, e.g. a command-line flag).
@@ -279,6 +284,18 @@ class SamplingConfig:
             raise ValueError(f"{name('dtype')} must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if not isinstance(self.diffusion_norm, (int, float)) or not 0 <= self.diffusion_norm < math.inf:
             raise ValueError(f"{name('diffusion_norm')} must be a finite number >= 0, got {self.diffusion_norm!r}")
+        if isinstance(self.lora_scale, bool) or not isinstance(self.lora_scale, (int, float)):
+            raise ValueError(f"{name('lora_scale')} must be a number, got {self.lora_scale!r}")
+        if not math.isfinite(self.lora_scale):
+            raise ValueError(f"{name('lora_scale')} must be finite, got {self.lora_scale!r}")
+        if (
+            self.lora is not None
+            and looks_like_local_path(self.lora)
+            and not os.path.exists(os.path.expanduser(self.lora))
+        ):
+            raise ValueError(
+                f"{name('lora')} {self.lora!r}: no such file or folder (give a LoRA file, folder or Hub id)"
+            )
         return self
 
     def check_image_count(self, count: int, names: Mapping[str, str] | None = None) -> None:
@@ -344,6 +361,8 @@ class SamplingConfig:
                 "diffusion_norm": self.diffusion_norm,
                 "last_step_size": self.last_step_size,
             }
+        if self.lora is not None:
+            settings |= {"lora": lora_identity(self.lora), "lora_scale": self.lora_scale}
         return settings
 
     def describe(self, pipe: MPDiTPipeline) -> str:
@@ -359,7 +378,8 @@ class SamplingConfig:
         guidance = f"guidance {s['guidance_scale']:g}"
         if s["guidance_interval"] is not None:
             guidance += " for t in [{:g}, {:g}]".format(*s["guidance_interval"])
-        return f"{sampler}, {s['steps']} steps, {guidance}, seed {s['seed']}"
+        lora = f", LoRA {s['lora']} at {s['lora_scale']:g}" if "lora" in s else ""
+        return f"{sampler}, {s['steps']} steps, {guidance}, seed {s['seed']}{lora}"
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> SamplingConfig:
@@ -406,6 +426,8 @@ FLAGS = {
         "diffusion_form": "--diffusion-form",
         "diffusion_norm": "--diffusion-norm",
         "last_step_size": "--last-step-size",
+        "lora": "--lora",
+        "lora_scale": "--lora-scale",
     },
     "underscore": {
         "scheduler": "--scheduler",
@@ -418,6 +440,8 @@ FLAGS = {
         "diffusion_form": "--diffusion_form",
         "diffusion_norm": "--diffusion_norm",
         "last_step_size": "--last_step_size",
+        "lora": "--lora",
+        "lora_scale": "--lora_scale",
     },
 }
 
@@ -453,6 +477,9 @@ def add_sampling_arguments(
         "diffusion_norm": f"sde only: the diffusion coefficient's scale (default {default.diffusion_norm:g})",
         "last_step_size": f"sde only: h, the grid runs from 1 - h to h, then a noiseless step to 0 "
         f"(default {default.last_step_size:g})",
+        "lora": "a LoRA to load (MPDiTPipeline.load_lora_weights): a folder, a .safetensors file or a Hub id; "
+        "the classes it adds can be named like the model's own",
+        "lora_scale": f"the LoRA's weight, 0 = the base model (default {default.lora_scale:g})",
     }
     types: dict[str, Any] = {
         "steps": integer(),
@@ -461,6 +488,7 @@ def add_sampling_arguments(
         "seed": integer(),
         "diffusion_norm": number(),
         "last_step_size": number(),
+        "lora_scale": number(),
     }
     metavars = {
         "scheduler": "NAME",
@@ -472,6 +500,8 @@ def add_sampling_arguments(
         "diffusion_form": "FORM",
         "diffusion_norm": "NORM",
         "last_step_size": "H",
+        "lora": "PATH_OR_REPO",
+        "lora_scale": "S",
     }
     for field in FLAGS["dash"]:
         if field in exclude:
@@ -482,7 +512,10 @@ def add_sampling_arguments(
             kwargs["type"] = types[field]
         if field == "guidance_interval":
             kwargs |= {"nargs": 2, "metavar": ("LOW", "HIGH")}
-        parser.add_argument(flags[field], **kwargs)
+        names = [flags[field]]
+        if field == "lora_scale" and style == "dash":
+            names.append("--lora_scale")  # diffusers' scripts spell it so
+        parser.add_argument(*names, **kwargs)
     parser.sampling_flags = {k: v for k, v in flags.items() if k not in exclude}
     return parser
 
@@ -517,13 +550,28 @@ def model_identity(model: str) -> str:
     return os.path.realpath(path)
 
 
-def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
-    """`MPDiTPipeline.from_pretrained` for front ends: one-line errors naming the model or the device.
+def lora_identity(lora: str) -> str:
+    """How a run records the LoRA it used: an absolute path for a local file or folder, the repo id otherwise.
+
+    Args:
+        lora (`str`): What the user gave.
+    """
+    path = os.path.expanduser(lora)
+    return os.path.realpath(path) if os.path.exists(path) else lora
+
+
+def load_pipeline(
+    model: str, device: str | None = None, dtype: str = "float32", lora: str | None = None, lora_scale: float = 1.0
+):
+    """`MPDiTPipeline.from_pretrained` for front ends, and a LoRA if given: one-line errors naming the model, the
+    LoRA or the device.
 
     Args:
         model (`str`): A pipeline folder or a Hub repo id.
         device (`str`, *optional*): Where to put it; None: `default_device()`.
         dtype (`str`): One of `DTYPES`.
+        lora (`str`, *optional*): A LoRA folder, file or Hub repo id, loaded as the adapter `"lora"`.
+        lora_scale (`float`, defaults to 1.0): Its weight (`set_adapters`).
     """
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -538,6 +586,13 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
         raise ValueError(f"model {model!r}: cannot load it: {one_line(error)}") from None
     finally:
         diffusers_logging.enable_progress_bar()
+    if lora is not None:
+        try:
+            pipe.load_lora_weights(os.path.expanduser(lora), adapter_name="lora")
+        except (OSError, ValueError) as error:
+            raise ValueError(f"lora {lora!r}: cannot load it: {one_line(error)}") from None
+        if lora_scale != 1:
+            pipe.set_adapters(["lora"], adapter_weights=[lora_scale])
     device = device or default_device()
     try:
         return pipe.to(device)

@@ -7,6 +7,7 @@ model a small CNN trained on the real training split is the judge instead: A_gen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,7 @@ class ClassifierScorer:
         batch_size: int = 128,
         learning_rate: float = 2e-3,
         seed: int = 0,
+        random_flip: bool = True,
     ) -> ClassifierScorer:
         """Trains a `SmallImageClassifier` on `train` (Adam, random horizontal flips as augmentation).
 
@@ -151,6 +153,8 @@ class ClassifierScorer:
             batch_size (`int`): Images per step.
             learning_rate (`float`): Adam's step size, decayed to zero on a cosine.
             seed (`int`): Seeds the initialisation, the order and the flips.
+            random_flip (`bool`, defaults to `True`): Mirror a random half of each batch; off for data whose
+                classes change when mirrored (digits).
         """
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"`epochs` and `batch_size` must be >= 1, got {epochs} and {batch_size}.")
@@ -168,7 +172,7 @@ class ClassifierScorer:
                 for i in range(len(train.labels) // batch_size):
                     index = order[i * batch_size : (i + 1) * batch_size]
                     images = train.images[index]
-                    flips = torch.rand(len(index), generator=generator) < 0.5
+                    flips = (torch.rand(len(index), generator=generator) < 0.5) & random_flip
                     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
                     loss = nn.functional.cross_entropy(model(images), train.labels[index])
                     optimizer.zero_grad(set_to_none=True)
@@ -238,26 +242,38 @@ class ClassifierScorer:
         distance = frechet_distance(*feature_statistics(self.features(images)), *self.test_stats)
         return {"A_gen": correct.mean().item(), "FD": distance, "per_class": per_class, "num_samples": len(labels)}
 
-    def score_pipeline(self, pipeline, num_samples: int, sampling: SamplingConfig, batch_size: int = 100) -> dict:
+    def score_pipeline(
+        self,
+        pipeline,
+        num_samples: int,
+        sampling: SamplingConfig,
+        batch_size: int = 100,
+        class_ids: Sequence[int] | None = None,
+    ) -> dict:
         """Generates `num_samples` class-balanced images with `pipeline` and scores them. Image `i` has class
         `i % classes` and the noise of `sampling.generators([i])`; outputs are rounded to 8 bits, as saved images and
         the real data are.
 
         Args:
-            pipeline (`MPDiTPipeline`): A pipeline whose classes are the dataset's, with the scheduler to use.
+            pipeline (`MPDiTPipeline`): A pipeline that draws the dataset's classes, with the scheduler to use.
             num_samples (`int`): Images to generate.
             sampling (`SamplingConfig`): Steps, guidance (None: the pipeline's defaults) and seed; the caller builds
                 the scheduler (`sampling.make_scheduler`).
             batch_size (`int`): Images per pipeline call.
+            class_ids (`list[int]`, *optional*): The pipeline's id of each of the judge's classes (default: the
+                same ids), e.g. `range(10, 20)` for classes a fine-tune added after ten old ones.
         """
         labels = torch.arange(num_samples) % len(self.names)
+        class_ids = torch.arange(len(self.names)) if class_ids is None else torch.as_tensor(list(class_ids))
+        if len(class_ids) != len(self.names):
+            raise ValueError(f"`class_ids` must give one id per class of the judge ({len(self.names)}).")
         call = sampling.call_kwargs(pipeline)
         pipeline.set_progress_bar_config(disable=True)
         images = []
         for start in tqdm(range(0, num_samples, batch_size), desc="sampling"):
             batch = range(start, min(start + batch_size, num_samples))
             out = pipeline(
-                class_labels=labels[batch.start : batch.stop].tolist(),
+                class_labels=class_ids[labels[batch.start : batch.stop]].tolist(),
                 generator=sampling.generators(batch),
                 output_type="np",
                 **call,
