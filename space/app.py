@@ -123,12 +123,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def describe_model(pipe: MPDiTPipeline, model: str | None = None) -> str:
-    """One line naming the served model: its source, resolution, parameter count and classes.
+def describe_model(pipe: MPDiTPipeline, model: str | None = None, lora: str | None = None) -> str:
+    """One line naming the served model: its source, resolution, parameter count and classes, and its LoRA.
 
     Args:
         pipe (`MPDiTPipeline`): The loaded model.
         model (`str`, *optional*): What it was loaded from (a folder or a Hub id); None: the pipeline's own record.
+        lora (`str`, *optional*): The LoRA loaded into it, if any.
     """
     model = model or pipe.name_or_path
     # check_model_path resolves the spellings a folder can have (`~`, and `bundled` where the package knows it).
@@ -142,9 +143,10 @@ def describe_model(pipe: MPDiTPipeline, model: str | None = None) -> str:
     channels = pipe.vae.config.out_channels if pipe.vae is not None else config.in_channels
     colour = CHANNEL_NAMES.get(channels, f"{channels}-channel")
     classes = pipe.class_names.num_classes
+    adapter = f" with the LoRA `{lora}`" if lora else ""
     return (
-        f"Serving {name}: {side}x{side} {colour}, {format_count(pipe.transformer.num_parameters())} parameters, "
-        f"{classes} {'class' if classes == 1 else 'classes'}."
+        f"Serving {name}{adapter}: {side}x{side} {colour}, {format_count(pipe.transformer.num_parameters())} "
+        f"parameters, {classes} {'class' if classes == 1 else 'classes'}."
     )
 
 
@@ -241,6 +243,7 @@ def build_demo(
     title: str = "MPDiT",
     model: str | None = None,
     cost: EvaluationCost | None = None,
+    lora: str | None = None,
 ) -> gr.Blocks:
     """The Space's interface around one loaded pipeline.
 
@@ -249,6 +252,7 @@ def build_demo(
         title (`str`): Page heading.
         model (`str`, *optional*): What `pipe` was loaded from, to name it on the page; None: the pipeline's record.
         cost (`EvaluationCost`, *optional*): The model's measured speed, for the time estimates; None: measure it now.
+        lora (`str`, *optional*): The LoRA loaded into `pipe`, to name it on the page.
     """
     choices = class_choices(pipe)
     valid_ids = {class_id for _, class_id in choices}
@@ -347,7 +351,7 @@ def build_demo(
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nClass-conditional generation with MPDiT (Dao and Metaxas, CVPR 2026).")
-        gr.Markdown(describe_model(pipe, model), elem_id="model-info")
+        gr.Markdown(describe_model(pipe, model, lora), elem_id="model-info")
         with gr.Row():
             with gr.Column():
                 class_picker = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True)
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe = load(args.model, args.device, args.dtype, lora.lora, lora.lora_scale)
     except ValueError as error:
         parser.error(str(error))
-    demo = build_demo(pipe, model=args.model)
+    demo = build_demo(pipe, model=args.model, lora=lora.lora)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port)
 

@@ -256,3 +256,18 @@ def test_bad_command_line_values_stop_with_one_line(argv, expected, monkeypatch,
     assert stopped.value.code != 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_a_lora_given_at_start_up_adds_its_classes_to_the_picker(tmp_path):
+    from conftest import tiny_pipeline
+    from test_lora import _pipeline_with_lora, save_lora
+
+    trained, new_classes = _pipeline_with_lora(["zebra"])
+    save_lora(trained, tmp_path / "lora", new_classes)
+    tiny_pipeline().save_pretrained(tmp_path / "base")
+    app = load_app()
+    pipe = app.load(str(tmp_path / "base"), "cpu", lora=str(tmp_path / "lora"), lora_scale=0.5)
+    assert ("zebra (10)", "10") in [(name, value) for name, value in app.class_choices(pipe)]
+    assert pipe.get_active_adapters() == ["lora"]
+    line = app.describe_model(pipe, str(tmp_path / "base"), str(tmp_path / "lora"))
+    assert f"with the LoRA `{tmp_path / 'lora'}`" in line and "11 classes" in line
