@@ -138,6 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--model_config", default="{}", help="JSON config overrides, e.g. '{\"depths\": [2, 2]}'")
     model.add_argument("--pretrained_model_name_or_path", help="start from a pipeline or transformer folder")
+    model.add_argument(
+        "--class_matching",
+        choices=["name", "id"],
+        default="name",
+        help="how the data's classes meet a pretrained pipeline's: name (the default: by name, the others become new "
+        "classes after the model's) or id (data id i is model id i; the counts must match)",
+    )
 
     lora = p.add_argument_group("LoRA (with --pretrained_model_name_or_path)")
     lora.add_argument(
@@ -357,14 +364,13 @@ def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
     # The model's config: the pretrained one, or the preset with the overrides.
     if args.pretrained_model_name_or_path:
         source = Path(args.pretrained_model_name_or_path)
-        subfolder = "transformer" if (source / "transformer").is_dir() else None
         try:
-            config = MPDiTTransformer2DModel.load_config(str(source), subfolder=subfolder)
+            config = MPDiTTransformer2DModel.load_config(str(source), subfolder=transformer_subfolder(source))
         except (OSError, ValueError) as error:
             p.error(f"--pretrained_model_name_or_path {str(source)!r}: cannot read its config: {one_line(error)}")
         if id2label is not None:
             try:
-                classes = run_classes(pretrained_class_names(source), config["num_classes"], id2label)
+                classes = run_classes(base_class_names(args, source), config["num_classes"], id2label)
             except ValueError as error:
                 p.error(f"--pretrained_model_name_or_path: {error}")
     else:
@@ -399,9 +405,12 @@ def check_inputs(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             )
 
     if id2label is not None:
-        label_map, _, model_id2label = classes or run_classes(None, len(id2label), id2label)
+        label_map, new_names, model_id2label = classes or run_classes(None, len(id2label), id2label)
+        num_classes = (config["num_classes"] if classes else len(id2label)) + len(new_names)
         try:
-            args.validation_class_ids = parse_validation_classes(args.validation_classes, model_id2label, label_map)
+            args.validation_class_ids = parse_validation_classes(
+                args.validation_classes, model_id2label, label_map, num_classes
+            )
         except ValueError as error:
             p.error(f"--validation_classes: {error}")
 
@@ -489,23 +498,25 @@ def train(args: argparse.Namespace) -> None:
     base_names = None
     if args.pretrained_model_name_or_path:
         source = Path(args.pretrained_model_name_or_path)
-        subfolder = "transformer" if (source / "transformer").is_dir() else None
-        model = MPDiTTransformer2DModel.from_pretrained(source, subfolder=subfolder)
-        base_names = pretrained_class_names(source)
+        model = MPDiTTransformer2DModel.from_pretrained(source, subfolder=transformer_subfolder(source))
+        base_names = base_class_names(args, source)
     else:
         config = {"num_classes": len(id2label), "in_channels": channels, "sample_size": sample_size}
         model = MPDiTTransformer2DModel.from_preset(args.preset, **{**config, **args.model_config})
     try:
         label_map, new_names, model_id2label = run_classes(base_names, model.config.num_classes, id2label)
     except ValueError as error:
-        raise SystemExit(f"error: --pretrained_model_name_or_path: {error}") from None
+        flag = "--pretrained_model_name_or_path" if args.pretrained_model_name_or_path else "--model_config"
+        raise SystemExit(f"error: {flag}: {error}") from None
     if model.config.in_channels != channels:
         raise SystemExit(
             f"error: the model has {model.config.in_channels} input channels, the data {channels} channels"
         )
     if getattr(args, "validation_class_ids", None) is None:  # a `datasets` dataset names its classes once loaded
         try:
-            args.validation_class_ids = parse_validation_classes(args.validation_classes, model_id2label, label_map)
+            args.validation_class_ids = parse_validation_classes(
+                args.validation_classes, model_id2label, label_map, model.config.num_classes + len(new_names)
+            )
         except ValueError as error:
             raise SystemExit(f"error: --validation_classes: {error}") from None
     base_num_classes = model.config.num_classes
@@ -630,6 +641,9 @@ def train(args: argparse.Namespace) -> None:
             except FileNotFoundError as error:
                 raise SystemExit(f"error: --resume_from_checkpoint: {error}") from None
             global_step, train_seconds = state["global_step"], state["train_seconds"]
+            if (path / "transformer_lora").is_dir() != lora:
+                kind = "a LoRA run's (give its --lora_rank)" if not lora else "a full run's (drop --lora_rank)"
+                raise SystemExit(f"error: --resume_from_checkpoint: {str(path)!r} is {kind} checkpoint")
             try:
                 accelerator.load_state(str(path))
             except Exception as error:
@@ -650,8 +664,12 @@ def train(args: argparse.Namespace) -> None:
 
     def ema_pipeline():
         if lora:
-            return lora_pipeline(unwrap(model), ema, vae_source, latent_config, model_id2label)
-        return final_pipeline(unwrap(model), ema, vae_source, latent_config, model_id2label)
+            return lora_pipeline(
+                unwrap(model), ema, vae_source, latent_config, model_id2label, args.pretrained_model_name_or_path
+            )
+        return final_pipeline(
+            unwrap(model), ema, vae_source, latent_config, model_id2label, args.pretrained_model_name_or_path
+        )
 
     def grid(step: int, pipeline: MPDiTPipeline | None = None, name: str | None = None):
         if not accelerator.is_main_process:
@@ -755,7 +773,7 @@ def train(args: argparse.Namespace) -> None:
         final_grid = grid(global_step, pipeline, name="final")
         logger.info(f"Saved the LoRA (EMA weights) to {output_dir / 'pytorch_lora_weights.safetensors'}")
         if args.push_to_hub:
-            push_lora(args, unwrap(model), final_grid, len(dataset), global_step, total, new_names)
+            push_lora(args, unwrap(model), final_grid, len(dataset), len(id2label), global_step, total, new_names)
     elif accelerator.is_main_process:
         pipeline = ema_pipeline()
         save_pretrained_atomically(pipeline, output_dir, merge=True)
@@ -799,25 +817,22 @@ def run_classes(base_names, base_num_classes: int, data_id2label: dict[int, str]
     return label_map, new_names, {**(base_names or {}), **{label_map[i]: n for i, n in data_id2label.items()}}
 
 
-def parse_validation_classes(spec: str | None, id2label: dict[int, str], label_map: list[int]) -> list[int]:
-    """The grids' model class ids: `spec`'s comma-separated ids or names of any of the model's classes, or the
-    data's first 8 classes."""
+def parse_validation_classes(
+    spec: str | None, id2label: dict[int, str], label_map: list[int], num_classes: int
+) -> list[int]:
+    """The grids' model class ids: `spec`'s comma-separated ids or names of any of the model's `num_classes`
+    classes, or the data's first 8 classes."""
     if not spec:
         return label_map[:8]
-    return ClassNames(id2label, max(id2label) + 1).ids(spec.split(","), allow_null=False, parse_digits=True)
+    return ClassNames(id2label, num_classes).ids(spec.split(","), allow_null=False, parse_digits=True)
 
 
-def final_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
-    """A pipeline on a copy of the model carrying the EMA weights, with the data's latent statistics."""
+def final_pipeline(model, ema, vae_source, latent_config, id2label, source=None) -> MPDiTPipeline:
+    """A pipeline on a copy of the model carrying the EMA weights, with the data's latent statistics and a pretrained
+    pipeline's saved guidance."""
     transformer = MPDiTTransformer2DModel.from_config(model.config)
     ema.copy_to(transformer.parameters())
-    transformer.eval()
-    return MPDiTPipeline(
-        transformer=transformer,
-        vae=load_vae(vae_source, latent_config),
-        scheduler=default_scheduler(),
-        id2label=id2label,
-    )
+    return run_pipeline(transformer.eval(), vae_source, latent_config, id2label, source)
 
 
 def ema_transformer(model, ema) -> MPDiTTransformer2DModel:
@@ -827,29 +842,44 @@ def ema_transformer(model, ema) -> MPDiTTransformer2DModel:
     return copied
 
 
-def lora_pipeline(model, ema, vae_source, latent_config, id2label) -> MPDiTPipeline:
-    """A pipeline on a LoRA run's model with the EMA weights, for the validation grids."""
-    vae = load_vae(vae_source, latent_config)
-    return MPDiTPipeline(ema_transformer(model, ema), vae, default_scheduler(), id2label=id2label)
+def lora_pipeline(model, ema, vae_source, latent_config, id2label, source) -> MPDiTPipeline:
+    """A pipeline on a LoRA run's model with the EMA weights, for the validation grids: the run's VAE, and the
+    pretrained pipeline's saved guidance."""
+    return run_pipeline(ema_transformer(model, ema), vae_source, latent_config, id2label, source)
 
 
 def pretrained_pipeline(source, vae_source, latent_config, base_names) -> MPDiTPipeline:
-    """The pretrained model as a pipeline: the saved pipeline (its sampling defaults too), or a transformer folder
-    with the run's VAE."""
-    if (Path(source) / "model_index.json").is_file():
-        return MPDiTPipeline.from_pretrained(source)
-    transformer = MPDiTTransformer2DModel.from_pretrained(source).eval()
+    """The pretrained model as a pipeline with the run's VAE and the saved guidance, for loading the LoRA into."""
+    transformer = MPDiTTransformer2DModel.from_pretrained(source, subfolder=transformer_subfolder(source)).eval()
+    return run_pipeline(transformer, vae_source, latent_config, base_names, source)
+
+
+def run_pipeline(transformer, vae_source, latent_config, id2label, source=None) -> MPDiTPipeline:
+    """A pipeline around `transformer` with the run's VAE; the guidance a pretrained pipeline (`source`) saved."""
+    index = pipeline_index(source) if source else {}
+    guidance = {k: index[k] for k in ("default_guidance_scale", "default_guidance_interval") if k in index}
     vae = load_vae(vae_source, latent_config)
-    return MPDiTPipeline(transformer, vae, default_scheduler(), id2label=base_names)
+    return MPDiTPipeline(transformer, vae, default_scheduler(), id2label=id2label, **guidance)
 
 
-def pretrained_class_names(source: str | os.PathLike) -> dict[int, str] | None:
-    """The class names a pretrained pipeline folder records in `model_index.json`; None for a transformer folder."""
+def pipeline_index(source: str | os.PathLike) -> dict:
+    """A pretrained pipeline folder's `model_index.json` (empty for a transformer folder)."""
     index = Path(source) / "model_index.json"
-    if not index.is_file():
+    return json.loads(index.read_text()) if index.is_file() else {}
+
+
+def base_class_names(args, source: str | os.PathLike) -> dict[int, str] | None:
+    """The pretrained pipeline's class names, to match the data's against; None for a transformer folder and for
+    `--class_matching id` (data ids are the model's)."""
+    id2label = pipeline_index(source).get("id2label")
+    if args.class_matching == "id" or not id2label:
         return None
-    id2label = json.loads(index.read_text()).get("id2label")
-    return {int(k): v for k, v in id2label.items()} if id2label else None
+    return {int(k): v for k, v in id2label.items()}
+
+
+def transformer_subfolder(source: str | os.PathLike) -> str | None:
+    """Where a pretrained folder keeps the transformer: `transformer/` in a pipeline, the folder itself otherwise."""
+    return "transformer" if (Path(source) / "transformer").is_dir() else None
 
 
 def load_vae(vae_source, latent_config) -> AutoencoderKL | None:
@@ -915,7 +945,14 @@ def push(args, pipeline, grid, num_samples, steps, batch) -> None:
     )
 
 
-def push_lora(args, model, grid, num_samples, steps, batch, new_names) -> None:
+def trainable_count(model, num_new_classes: int) -> int:
+    """What a LoRA run trains: the adapter, and the new classes' rows (the class table's other rows are masked)."""
+    adapter = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    rows = num_new_classes * model.class_embed.embedding_table.weight.shape[1] if num_new_classes else 0
+    return adapter + rows
+
+
+def push_lora(args, model, grid, num_samples, num_data_classes, steps, batch, new_names) -> None:
     data = args.dataset_name or Path(args.train_data_dir or args.latents_dir).name
     values = {
         "title": args.hub_model_id.split("/")[-1],
@@ -923,12 +960,12 @@ def push_lora(args, model, grid, num_samples, steps, batch, new_names) -> None:
         "base_model": args.pretrained_model_name_or_path,
         "dataset": data,
         "num_samples": num_samples,
-        "num_classes": model.config.num_classes,
+        "num_classes": num_data_classes,
         "new_classes": new_names,
         "rank": args.lora_rank,
         "alpha": args.lora_alpha or args.lora_rank,
         "target_modules": args.lora_target_modules,
-        "trainable_parameters": f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+        "trainable_parameters": f"{trainable_count(model, len(new_names)):,}",
         "steps": steps,
         "recipe": f"AdamW lr {args.learning_rate}, batch {batch}, EMA {args.ema_decay}",
         "sample_grid": "samples/final.png",

@@ -157,10 +157,10 @@ def test_pipeline_with_added_classes_samples_old_classes_as_before():
         grown.add_classes(["coat"])
 
 
-def _pipeline_with_lora(new_names=("zebra", "yak")):
+def _pipeline_with_lora(new_names=("zebra", "yak"), alpha=8):
     pipe = tiny_pipeline()
     base_classes = pipe.transformer.config.num_classes
-    with_adapter(pipe.transformer, "a")
+    with_adapter(pipe.transformer, "a", alpha=alpha)
     pipe.add_classes(list(new_names))
     with torch.no_grad():
         pipe.transformer.class_embed.embedding_table.weight[base_classes:-1] += 0.3
@@ -221,7 +221,8 @@ def test_pipeline_lora_file_and_state_dict_sources_fuse_and_two_adapters(tmp_pat
     torch.testing.assert_close(_latents(pipe, ["yak", "bag"]), unfused, atol=1e-5, rtol=1e-5)
 
     # A second adapter from a state dict, naming its classes: ids after the first adapter's.
-    other, other_classes = _pipeline_with_lora(["owl"])
+    # (A state dict has no LoraConfig header: peft reads the rank from the shapes and takes alpha = rank.)
+    other, other_classes = _pipeline_with_lora(["owl"], alpha=4)
     state_dict = {
         f"transformer.{k}": v for k, v in get_peft_model_state_dict(other.transformer, adapter_name="a").items()
     }
@@ -235,13 +236,14 @@ def test_pipeline_lora_file_and_state_dict_sources_fuse_and_two_adapters(tmp_pat
     with pytest.raises(ValueError, match=r"not in the list of present adapters"):
         pipe.set_adapters(["nope"])
 
-    # A fused adapter keeps its classes on unload, and its effect.
+    # With the first adapter deleted, the pipeline is the owl LoRA's own (its row now at id 10, as in `other`); fused,
+    # the adapter keeps its class on unload, and its effect.
     pipe.set_adapters(["owls"], adapter_weights=[1.0])
-    fused_expected = _latents(pipe, ["owl"])
+    torch.testing.assert_close(_latents(pipe, ["owl", "coat"]), _latents(other, ["owl", "coat"]), atol=1e-5, rtol=1e-5)
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     assert pipe.get_label_ids(["owl"]) == [10]
-    torch.testing.assert_close(_latents(pipe, ["owl"]), fused_expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_latents(pipe, ["owl", "coat"]), _latents(other, ["owl", "coat"]), atol=1e-5, rtol=1e-5)
 
 
 def test_a_lora_for_another_model_is_refused_in_one_line_and_changes_nothing(tmp_path):
@@ -267,6 +269,14 @@ def test_a_lora_for_another_model_is_refused_in_one_line_and_changes_nothing(tmp
     with pytest.raises(ValueError, match="adds classes to a model of 20 classes; the transformer has 10"):
         pipe.load_lora_weights(tmp_path / "more")
     assert pipe.transformer.config.num_classes == 10
+    # The same LoRA twice: its class names are taken the second time, refused before the adapter goes in.
+    save_lora(trained, tmp_path / "zoo", new_classes)
+    pipe.load_lora_weights(tmp_path / "zoo", adapter_name="first")
+    before = copy.deepcopy(pipe.transformer.state_dict())
+    with pytest.raises(ValueError, match=r"\['zebra', 'yak'\] already name classes"):
+        pipe.load_lora_weights(tmp_path / "zoo", adapter_name="second")
+    assert pipe.get_list_adapters() == {"transformer": ["first"]} and pipe.transformer.config.num_classes == 12
+    assert pipe.transformer.state_dict().keys() == before.keys()
 
 
 def test_front_ends_load_a_lora_through_the_sampling_configuration(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import copy
 import importlib.util
+import os
 import signal
 import subprocess
 import time
@@ -30,8 +31,14 @@ def test_class_label_map_keeps_known_names_and_appends_new_ones():
     base = {0: "cat", 1: "dog, puppy", 2: "owl"}
     assert class_label_map(base, 3, {0: "zebra", 1: "puppy", 2: "Cat", 3: "yak"}) == ([3, 1, 0, 4], ["zebra", "yak"])
     assert class_label_map(None, 2, {0: "a", 1: "b"}) == ([0, 1], [])
-    with pytest.raises(ValueError, match="the model has 3 classes and no class names"):
+    with pytest.raises(ValueError, match="the model has 3 classes, the data 1, and with no names to match"):
         class_label_map(None, 3, {0: "a"})
+    # A whole id2label entry matches; a name of two classes and a new name with a comma are refused.
+    assert class_label_map(base, 3, {0: "dog, puppy"}) == ([1], [])
+    with pytest.raises(ValueError, match="'owl' names several of the model's classes: 2 \\(owl\\), 3 \\(owl\\)"):
+        class_label_map({**base, 3: "owl"}, 4, {0: "owl"})
+    with pytest.raises(ValueError, match="a new class name cannot hold a comma"):
+        class_label_map(base, 3, {0: "zebra, striped"})
 
 
 def test_lora_steps_lower_the_loss_and_leave_the_frozen_weights_bit_identical(tiny_model):
@@ -82,7 +89,7 @@ def lora_setup(tmp_path_factory):
 
 
 def lora_flags(setup, out, steps, **extra):
-    flags = train_args(setup / "data", out, steps, checkpointing_steps=1, ema_decay=0.9, **extra)
+    flags = train_args(setup / "data", out, steps, checkpointing_steps=1, validation_steps=8, ema_decay=0.9, **extra)
     return flags + ["--pretrained_model_name_or_path", str(setup / "base"), "--lora_rank", "4", "--lora_alpha", "8"]
 
 
@@ -91,6 +98,7 @@ def test_lora_run_resumes_bit_for_bit_after_sigkill_and_its_lora_loads_by_name(l
     straight = tmp_path / "straight"
     launch(TRAIN, lora_flags(lora_setup, straight, steps) + ["--push_to_hub", "--hub_model_id", "alice/tiny-lora",
                                                             "--hub_token", "hf_alice_write"])  # fmt: skip
+    assert sorted(os.listdir(straight / "samples")) == ["final.png", "step-0000008.png", "step-0000016.png"]
     checkpoint = straight / "checkpoint-3" / "transformer_lora"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["ema.pt", "trainable.safetensors"]
     trainable = load_file(str(checkpoint / "trainable.safetensors"))
@@ -131,6 +139,11 @@ def test_lora_run_resumes_bit_for_bit_after_sigkill_and_its_lora_loads_by_name(l
         a, b = load_file(str(killed / name)), load_file(str(straight / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
+    # The new classes' rows learned (their labels reached the model as ids 10 and 11): they left the null row.
+    null_row = MPDiTPipeline.from_pretrained(lora_setup / "base").transformer.class_embed.embedding_table.weight[-1]
+    rows = load_file(str(straight / "pytorch_lora_weights.safetensors"))["transformer.class_embed.new_class_rows"]
+    assert rows.shape == (2, null_row.numel()) and all(not torch.allclose(row, null_row, atol=1e-4) for row in rows)
+
     # The LoRA from the Hub, loaded as a user would: new classes by name, the old ones as before.
     pipe = MPDiTPipeline.from_pretrained(lora_setup / "base")
     pipe.set_progress_bar_config(disable=True)
@@ -164,9 +177,14 @@ def train_script():
             ["--lora_rank", "0", "--pretrained_model_name_or_path", "x"],
             "argument --lora_rank: expected an integer >= 1, got 0",
         ),
+        (
+            ["--class_matching", "id", "--pretrained_model_name_or_path", "BASE"],
+            "the model has 10 classes, the data 3",
+        ),
     ],
 )
 def test_bad_lora_flags_are_one_line(train_script, lora_setup, tmp_path, capsys, extra, message):
+    extra = [str(lora_setup / "base") if a == "BASE" else a for a in extra]
     argv = ["--train_data_dir", lora_setup / "data", "--output_dir", tmp_path / "out", *extra]
     code, _, err = run_in_process(train_script.main, argv, capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -24,6 +24,7 @@ from huggingface_hub.utils import validate_hf_hub_args
 from torch import nn
 
 from ..atomic import atomic_path
+from ..paths import looks_like_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -55,6 +56,22 @@ class NewClasses:
             )
 
     @classmethod
+    def from_transformer(cls, transformer, first_new_id: int, id2label: dict[int, str] | None = None) -> NewClasses:
+        """The classes of `transformer` from id `first_new_id` on, with their current rows.
+
+        Args:
+            transformer ([`MPDiTTransformer2DModel`]): A grown model (e.g. by `add_classes`).
+            first_new_id (`int`): The base model's class count: classes from this id on are the new ones.
+            id2label (`dict[int, str]`, *optional*): Their names (default `class <id>`).
+        """
+        num_classes = transformer.config.num_classes
+        if not 0 < first_new_id < num_classes:
+            raise ValueError(f"`first_new_id` must be in [1, {num_classes - 1}], got {first_new_id}.")
+        rows = transformer.class_embed.embedding_table.weight.detach()[first_new_id:num_classes]
+        names = [(id2label or {}).get(i, f"class {i}") for i in range(first_new_id, num_classes)]
+        return cls(rows.float().cpu().clone(), names, first_new_id)
+
+    @classmethod
     def from_pipeline(cls, pipeline, first_new_id: int) -> NewClasses:
         """The classes of `pipeline` from id `first_new_id` on, with their current rows and names.
 
@@ -62,12 +79,7 @@ class NewClasses:
             pipeline ([`MPDiTPipeline`]): A pipeline whose transformer was grown (e.g. by `pipeline.add_classes`).
             first_new_id (`int`): The base model's class count: classes from this id on are the new ones.
         """
-        num_classes = pipeline.transformer.config.num_classes
-        if not 0 < first_new_id < num_classes:
-            raise ValueError(f"`first_new_id` must be in [1, {num_classes - 1}], got {first_new_id}.")
-        rows = pipeline.transformer.class_embed.embedding_table.weight.detach()[first_new_id:num_classes]
-        names = [pipeline.class_names.name(i) for i in range(first_new_id, num_classes)]
-        return cls(rows.float().cpu().clone(), names, first_new_id)
+        return cls.from_transformer(pipeline.transformer, first_new_id, pipeline.id2label)
 
 
 def _check_lora_fits(transformer: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -128,12 +140,14 @@ class MPDiTLoraLoaderMixin(LoraBaseMixin):
         if isinstance(source, os.PathLike):
             source = os.fspath(source)
         weight_name = kwargs.pop("weight_name", None)
-        if isinstance(source, str) and os.path.isfile(os.path.expanduser(source)):
-            # A file path: diffusers takes a folder or repo id plus `weight_name`.
-            source, weight_name = os.path.split(os.path.expanduser(source))
-            source = source or "."
-        elif isinstance(source, str) and source.startswith(("/", ".", "~")) and not os.path.isdir(source):
-            raise FileNotFoundError(f"No LoRA folder or file at {source!r}.")
+        if isinstance(source, str):
+            given, source = source, os.path.expanduser(source)
+            if os.path.isfile(source):
+                # A file path: diffusers takes a folder or repo id plus `weight_name`.
+                source, weight_name = os.path.split(source)
+                source = source or "."
+            elif looks_like_local_path(given) and not os.path.isdir(source):
+                raise FileNotFoundError(f"No LoRA folder or file at {given!r}.")
         state_dict, metadata, file_metadata = _fetch_state_dict(
             pretrained_model_name_or_path_or_dict=source,
             weight_name=weight_name,
@@ -195,6 +209,7 @@ class MPDiTLoraLoaderMixin(LoraBaseMixin):
             new = self._new_classes(transformer, rows, classes, class_names)
             if hotswap:
                 raise ValueError("`hotswap=True` cannot load a LoRA that adds classes; load it as a new adapter.")
+            self.check_new_class_names(new.names)  # before the adapter goes in, so a refusal changes nothing
         adapter_name = adapter_name or get_adapter_name(transformer)
         transformer.load_lora_adapter(
             state_dict,
@@ -341,14 +356,15 @@ class MPDiTLoraLoaderMixin(LoraBaseMixin):
         self._lora_classes = added
 
     def delete_adapters(self, adapter_names: list[str] | str) -> None:
-        """Deletes adapters, and the classes they added.
+        """Deletes adapters, and the classes they added (those of a fused adapter stay, as its weights do).
 
         Args:
             adapter_names (`str` or `list[str]`): The adapters to delete.
         """
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        fused = self._fused_adapters()
         super().delete_adapters(names)
-        self._remove_adapter_classes(set(names))
+        self._remove_adapter_classes(set(names) - fused)
 
     def unload_lora_weights(self) -> None:
         """Removes every adapter, and the classes of those not fused: after loading and unloading without fusing,

@@ -2,8 +2,9 @@
 
 A class is one row of the class-token table (`num_classes + 1` rows, the last being the null class that guidance
 uses). New classes take the ids after the old ones, and the null row moves to the end, so every old id, the null
-class's embedding and the rule "the null id is `num_classes`" are unchanged. The table keeps its `nn.Parameter`
-object's place in the module (only its data is replaced), so hooks on the embedding module stay attached.
+class's embedding and the rule "the null id is `num_classes`" are unchanged. The table becomes a new `nn.Parameter`
+(same `requires_grad`) in the same module: hooks on the module stay attached, but an optimizer or a gradient hook
+holding the old parameter does not follow, so grow the table before building those.
 """
 
 from __future__ import annotations

@@ -42,15 +42,28 @@ class ClassNames:
         """
         return self.id2label.get(class_id, str(class_id))
 
+    def matches(self, name: str) -> list[int]:
+        """Every id `name` names: the whole `id2label` entry or one synonym, exactly or else ignoring case; empty for
+        an unknown name.
+
+        Args:
+            name (`str`): A class name.
+        """
+        whole = [i for i, label in sorted(self.id2label.items()) if label == name]
+        if whole:
+            return whole
+        ids = self._ids.get(name)
+        if ids is None:
+            ids = {k.casefold(): v for k, v in self._ids.items()}.get(name.casefold())
+        return list(ids or [])
+
     def id(self, name: str) -> int:
         """The id of a class name.
 
         Raises:
             ValueError: for an unknown name (with the closest known ones) or a name shared by several classes.
         """
-        ids = self._ids.get(name)
-        if ids is None:
-            ids = {k.casefold(): v for k, v in self._ids.items()}.get(name.casefold())
+        ids = self.matches(name) or None
         if ids is None:
             if not self._ids:
                 raise ValueError(f"there are no class names to look {name!r} up in (no `id2label`); give class ids")

@@ -116,18 +116,28 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
             `list[int]`: the new ids, in the order of `names`.
         """
         names = [names] if isinstance(names, str) else list(names)
+        self.check_new_class_names(names)
+        ids = new_classes.add_classes(self.transformer, len(names), rows)
+        self._set_id2label({**self.id2label, **dict(zip(ids, names))})
+        return ids
+
+    def check_new_class_names(self, names: Sequence[str]) -> None:
+        """Raises a one-line ValueError unless `names` could all be added as new classes: none may name an existing
+        class (ignoring case, as lookups do), repeat, or hold a comma (commas separate synonyms).
+
+        Args:
+            names (`list[str]`): The names.
+        """
         if not names:
             raise ValueError("`names` is empty: give at least one class name.")
-        known = self.labels
-        taken = [n for n in names if n in known or "," in n] + [n for i, n in enumerate(names) if n in names[:i]]
+        class_names = self.class_names
+        taken = [n for n in names if class_names.matches(n) or "," in n]
+        taken += [n for i, n in enumerate(names) if n in names[:i]]
         if taken:
             raise ValueError(
                 f"`names`: {taken} already name classes (or hold a comma, which separates synonyms); new classes "
                 "need new names."
             )
-        ids = new_classes.add_classes(self.transformer, len(names), rows)
-        self._set_id2label({**self.id2label, **dict(zip(ids, names))})
-        return ids
 
     def remove_classes(self, class_ids: Sequence[int]) -> dict[int, int]:
         """Takes classes out of the transformer and `id2label` (see [`~models.new_classes.remove_classes`]).

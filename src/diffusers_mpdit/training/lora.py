@@ -29,8 +29,8 @@ def class_label_map(
     become new classes with the ids after the model's.
 
     Args:
-        base_id2label (`dict[int, str]`, *optional*): The pretrained pipeline's class names; None when unknown (a
-            bare transformer folder), in which case the data's ids must be the model's.
+        base_id2label (`dict[int, str]`, *optional*): The pretrained pipeline's class names; None to match by id (a
+            bare transformer folder has no names), in which case the data's ids must be the model's.
         base_num_classes (`int`): The pretrained model's class count.
         data_id2label (`dict[int, str]`): The data's classes, ids `0..K-1`.
 
@@ -40,20 +40,29 @@ def class_label_map(
     if base_id2label is None:
         if len(data_id2label) != base_num_classes:
             raise ValueError(
-                f"the model has {base_num_classes} classes and no class names (a transformer folder without its "
-                f"pipeline), the data {len(data_id2label)}: give the pipeline folder, whose names let new classes "
-                "be told from old ones"
+                f"the model has {base_num_classes} classes, the data {len(data_id2label)}, and with no names to match "
+                "(a transformer folder, or --class_matching id) the data's ids must be the model's: give the "
+                "pipeline folder, whose names tell new classes from old ones"
             )
         return list(range(base_num_classes)), []
     known = ClassNames(base_id2label, base_num_classes)
     label_map, new_names = [], []
     for data_id in range(len(data_id2label)):
         name = data_id2label[data_id]
-        try:
-            label_map.append(known.id(name))
-        except ValueError:
-            label_map.append(base_num_classes + len(new_names))
-            new_names.append(name)
+        ids = known.matches(name)
+        if len(ids) > 1:
+            options = ", ".join(f"{i} ({base_id2label[i]})" for i in ids)
+            raise ValueError(f"the data's class {name!r} names several of the model's classes: {options}; rename it")
+        if ids:
+            label_map.append(ids[0])
+            continue
+        if "," in name:
+            raise ValueError(
+                f"the data's class {name!r} is not one of the model's, and a new class name cannot hold a comma "
+                "(commas separate synonyms): rename it"
+            )
+        label_map.append(base_num_classes + len(new_names))
+        new_names.append(name)
     return label_map, new_names
 
 
@@ -179,9 +188,7 @@ def save_lora(
         first = min(new_class_ids)
         if list(new_class_ids) != list(range(first, model.config.num_classes)):
             raise ValueError(f"`new_class_ids` must be the last class ids, got {list(new_class_ids)}.")
-        rows = model.class_embed.embedding_table.weight.detach()[first : model.config.num_classes]
-        names = [(id2label or {}).get(i, f"class {i}") for i in new_class_ids]
-        new_classes = NewClasses(rows.float().cpu().clone(), names, first)
+        new_classes = NewClasses.from_transformer(model, first, id2label)
     config = model.peft_config["default"].to_dict()
     MPDiTLoraLoaderMixin.save_lora_weights(
         save_directory,
