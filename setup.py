@@ -46,6 +46,7 @@ setup(
         "quant": ["torchao>=0.10", "optimum-quanto>=0.2"],
         "dev": [
             "pytest>=8.0",
+            "pytest-xdist>=3.5",
             "ruff>=0.6",
             "scipy>=1.10",
             "PyYAML>=6.0",
