@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work_dir", default=str(ROOT / "data" / "benchmark-lora"), help="digits data and the runs")
     p.add_argument("--ranks", default="4,16", help="LoRA ranks, comma-separated (default 4,16)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (default 0,1,2)")
-    p.add_argument("--steps", type=positive_int, default=200, help="optimiser steps of every run (default 200)")
+    p.add_argument("--steps", type=positive_int, default=300, help="optimiser steps of every run (default 300)")
     p.add_argument("--batch_size", type=positive_int, default=32, help="images per step (default 32)")
     p.add_argument("--lora_learning_rate", type=positive_number, default=1e-3, help="LoRA runs (default 1e-3)")
     p.add_argument("--full_learning_rate", type=positive_number, default=2e-4, help="full runs (default 2e-4)")
