@@ -22,7 +22,11 @@ os.environ.pop("HF_TOKEN", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Under pytest-xdist each worker gets one thread: two workers on a 2-core machine, not four threads fighting.
+# Under pytest-xdist each worker, and every process it starts, gets one thread: two workers on a 2-core machine, not
+# four threads fighting; and a test comparing its own float32 results with a subprocess's bit for bit needs the two
+# to split their sums alike.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 

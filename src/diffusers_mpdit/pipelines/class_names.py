@@ -43,15 +43,12 @@ class ClassNames:
         return self.id2label.get(class_id, str(class_id))
 
     def matches(self, name: str) -> list[int]:
-        """Every id `name` names: the whole `id2label` entry or one synonym, exactly or else ignoring case; empty for
-        an unknown name.
+        """Every id `name` names as one of its comma-separated synonyms, exactly or else ignoring case; empty for an
+        unknown name.
 
         Args:
             name (`str`): A class name.
         """
-        whole = [i for i, label in sorted(self.id2label.items()) if label == name]
-        if whole:
-            return whole
         ids = self._ids.get(name)
         if ids is None:
             ids = {k.casefold(): v for k, v in self._ids.items()}.get(name.casefold())

@@ -416,6 +416,8 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
         )
         scale_model_input = getattr(self.scheduler, "scale_model_input", None)
         in_channels = config.in_channels
+        # Only when given: a transformer wrapper (an offloading or testing one) need not know the argument.
+        transformer_kwargs = {"attention_kwargs": attention_kwargs} if attention_kwargs is not None else {}
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -431,7 +433,7 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
                 model_t = (t.float() / self.scheduler.config.num_train_timesteps).expand(model_input.shape[0])
                 labels = cfg_ids if guided else class_ids
                 velocity = self.transformer(
-                    model_input.to(model_dtype), model_t, labels, attention_kwargs=attention_kwargs, return_dict=False
+                    model_input.to(model_dtype), model_t, labels, return_dict=False, **transformer_kwargs
                 )[0]
                 velocity = velocity[:, :in_channels].float()  # "joint" models predict extra channels
                 if guided:

@@ -49,7 +49,8 @@ def class_label_map(
     label_map, new_names = [], []
     for data_id in range(len(data_id2label)):
         name = data_id2label[data_id]
-        ids = known.matches(name)
+        # A whole id2label entry first ("dog, puppy" is class 1), then one synonym, as pipe(...) resolves names.
+        ids = [i for i, label in sorted(base_id2label.items()) if label == name] or known.matches(name)
         if len(ids) > 1:
             options = ", ".join(f"{i} ({base_id2label[i]})" for i in ids)
             raise ValueError(f"the data's class {name!r} names several of the model's classes: {options}; rename it")
