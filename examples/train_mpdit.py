@@ -730,7 +730,7 @@ def train(args: argparse.Namespace) -> None:
 
             if not accelerator.sync_gradients:
                 continue
-            ema.step([p for p in unwrap(model).parameters() if p.requires_grad])
+            ema.step(trainable)
             global_step += 1
             progress.update(1)
             # .item() waits for the device to finish the step, so that its time is counted as training time.

@@ -3,9 +3,6 @@
 import copy
 import importlib.util
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ from conftest import run_in_process, tiny_pipeline
 from huggingface_hub import hf_hub_download
 from PIL import Image
 from safetensors.torch import load_file
-from test_training import launch, train_args
+from test_training import launch, launch_and_kill, train_args
 
 from diffusers_mpdit import MPDiTPipeline
 from diffusers_mpdit.models.new_classes import add_classes
@@ -122,16 +119,7 @@ def test_lora_run_resumes_bit_for_bit_after_sigkill_and_its_lora_loads_by_name(l
         torch.testing.assert_close(shadow, expected, rtol=1e-6, atol=1e-7, msg=key)
 
     killed = tmp_path / "killed"
-    process = launch(
-        TRAIN, lora_flags(lora_setup, killed, steps), launcher="python", stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while not (killed / "checkpoint-5").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    launch_and_kill(TRAIN, lora_flags(lora_setup, killed, steps), killed / "checkpoint-5")
     assert not (killed / "pytorch_lora_weights.safetensors").exists(), "the run finished before it could be killed"
     resumed = launch(TRAIN, lora_flags(lora_setup, killed, steps, resume_from_checkpoint="latest"))
     assert "Resumed from" in resumed.stderr

@@ -168,6 +168,17 @@ def launch(script, flags, launcher="accelerate", nproc=1, check=True, **popen):
     return run
 
 
+def launch_and_kill(script, flags, marker: Path) -> None:
+    """Runs the script until `marker` exists (a checkpoint), then kills it with SIGKILL."""
+    process = launch(script, flags, launcher="python", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
 def weights(path):
     return load_file(str(Path(path) / "diffusion_pytorch_model.safetensors"))
 
@@ -229,19 +240,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path)
     launch(TRAIN, train_args(image_folder, tmp_path / "straight", steps, **flags))
 
     out = tmp_path / "killed"
-    process = launch(
-        TRAIN,
-        train_args(image_folder, out, steps, **flags),
-        launcher="python",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while not (out / "checkpoint-8").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    launch_and_kill(TRAIN, train_args(image_folder, out, steps, **flags), out / "checkpoint-8")
     assert not (out / "model_index.json").exists(), "the run finished before it could be killed"
     last = checkpoints(out)[-1]
     # A crash during a save leaves only a temporary folder, which "latest" never picks.
