@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = SamplingConfig.from_args(args, p)
 
     torch.manual_seed(args.judge_seed)
-    pipe = load_pipeline(args.model, sampling.device, sampling.dtype, sampling.lora, sampling.lora_scale)
+    pipe = load_pipeline(
+        args.model, sampling.device, sampling.dtype, sampling.lora, sampling.lora_scale, sampling.cache
+    )
     pipe.scheduler = sampling.make_scheduler(pipe.scheduler.config)
     train, test = load_split(args.data, "train"), load_split(args.data, "test")
     if pipe.id2label and [pipe.id2label[i] for i in range(len(train.names))] != train.names:

@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     # Without an accelerator, accelerate joins the torchrun process group (MULTI_CPU, gloo) only when cpu=True.
     state = PartialState(cpu=default_device() == "cpu")
     try:
-        pipe = load_pipeline(args.model, str(state.device), config.dtype, config.lora, config.lora_scale)
+        pipe = load_pipeline(args.model, str(state.device), config.dtype, config.lora, config.lora_scale, config.cache)
     except ValueError as error:
         raise SystemExit(f"error: --{error}") from None
     pipe.set_progress_bar_config(disable=True)

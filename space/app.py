@@ -20,6 +20,7 @@ import gradio as gr
 
 from diffusers_mpdit import BUNDLED_MODEL
 from diffusers_mpdit.arguments import OneLineParser, integer, positive_int
+from diffusers_mpdit.caches import parse_cache
 from diffusers_mpdit.sampling import (
     DTYPES,
     FLAGS,
@@ -60,6 +61,7 @@ def load(
     dtype: str = SamplingConfig.dtype,
     lora: str | None = None,
     lora_scale: float = SamplingConfig.lora_scale,
+    cache: str | None = None,
 ) -> MPDiTPipeline:
     """The pipeline the Space serves (`diffusers_mpdit.sampling.load_pipeline`, with its device and dtype defaults).
 
@@ -69,8 +71,9 @@ def load(
         dtype (`str`): One of `DTYPES`.
         lora (`str`, *optional*): A LoRA folder, file or Hub id to load; its new classes join the picker.
         lora_scale (`float`): The LoRA's weight.
+        cache (`str`, *optional*): A cache spec such as `level:3` (`diffusers_mpdit.caches`).
     """
-    return load_pipeline(model, device, dtype, lora, lora_scale)
+    return load_pipeline(model, device, dtype, lora, lora_scale, cache)
 
 
 def class_choices(pipe: MPDiTPipeline) -> list[tuple[str, str]]:
@@ -123,13 +126,16 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def describe_model(pipe: MPDiTPipeline, model: str | None = None, lora: str | None = None) -> str:
-    """One line naming the served model: its source, resolution, parameter count and classes, and its LoRA.
+def describe_model(
+    pipe: MPDiTPipeline, model: str | None = None, lora: str | None = None, cache: str | None = None
+) -> str:
+    """One line naming the served model: its source, resolution, parameter count and classes, its LoRA and cache.
 
     Args:
         pipe (`MPDiTPipeline`): The loaded model.
         model (`str`, *optional*): What it was loaded from (a folder or a Hub id); None: the pipeline's own record.
         lora (`str`, *optional*): The LoRA loaded into it, if any.
+        cache (`str`, *optional*): The cache spec enabled on it, if any.
     """
     model = model or pipe.name_or_path
     # check_model_path resolves the spellings a folder can have (`~`, and `bundled` where the package knows it).
@@ -144,6 +150,7 @@ def describe_model(pipe: MPDiTPipeline, model: str | None = None, lora: str | No
     colour = CHANNEL_NAMES.get(channels, f"{channels}-channel")
     classes = pipe.class_names.num_classes
     adapter = f" with the LoRA `{lora}`" if lora else ""
+    adapter += f" {'and' if lora else 'with'} the cache `{parse_cache(cache)}`" if cache else ""
     return (
         f"Serving {name}{adapter}: {side}x{side} {colour}, {format_count(pipe.transformer.num_parameters())} "
         f"parameters, {classes} {'class' if classes == 1 else 'classes'}."
@@ -244,6 +251,7 @@ def build_demo(
     model: str | None = None,
     cost: EvaluationCost | None = None,
     lora: str | None = None,
+    cache: str | None = None,
 ) -> gr.Blocks:
     """The Space's interface around one loaded pipeline.
 
@@ -253,6 +261,7 @@ def build_demo(
         model (`str`, *optional*): What `pipe` was loaded from, to name it on the page; None: the pipeline's record.
         cost (`EvaluationCost`, *optional*): The model's measured speed, for the time estimates; None: measure it now.
         lora (`str`, *optional*): The LoRA loaded into `pipe`, to name it on the page.
+        cache (`str`, *optional*): The cache spec enabled on `pipe`, to name it on the page.
     """
     choices = class_choices(pipe)
     valid_ids = {class_id for _, class_id in choices}
@@ -351,7 +360,7 @@ def build_demo(
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nClass-conditional generation with MPDiT (Dao and Metaxas, CVPR 2026).")
-        gr.Markdown(describe_model(pipe, model, lora), elem_id="model-info")
+        gr.Markdown(describe_model(pipe, model, lora, cache), elem_id="model-info")
         with gr.Row():
             with gr.Column():
                 class_picker = gr.Dropdown(choices, value=choices[0][1], label="Class", filterable=True)
@@ -428,16 +437,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=integer(1, 65535), default=None, help="default: $GRADIO_SERVER_PORT or 7860")
     parser.add_argument("--concurrency", type=positive_int, default=1, help="generations at a time")
     parser.add_argument("--max-queue", type=positive_int, default=20, help="requests allowed to wait")
-    # The LoRA flags are the sampling configuration's; the other sampling settings are the page's controls.
-    add_sampling_arguments(parser, "dash", exclude=set(FLAGS["dash"]) - {"lora", "lora_scale"})
+    # The LoRA and cache flags are the sampling configuration's; the other sampling settings are the page's controls.
+    add_sampling_arguments(parser, "dash", exclude=set(FLAGS["dash"]) - {"lora", "lora_scale", "cache"})
     args = parser.parse_args(argv)
-    lora = SamplingConfig.from_args(args, parser)
+    served = SamplingConfig.from_args(args, parser)
     quiet_backend_warnings()
     try:
-        pipe = load(args.model, args.device, args.dtype, lora.lora, lora.lora_scale)
+        pipe = load(args.model, args.device, args.dtype, served.lora, served.lora_scale, served.cache)
     except ValueError as error:
         parser.error(str(error))
-    demo = build_demo(pipe, model=args.model, lora=lora.lora)
+    demo = build_demo(pipe, model=args.model, lora=served.lora, cache=served.cache)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port)
 

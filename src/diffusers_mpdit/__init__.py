@@ -15,6 +15,7 @@ CUSTOM_PIPELINE = os.path.join(os.path.dirname(__file__), "custom_pipeline.py")
 
 _EXPORTS = {
     "FlowMatchEulerMaruyamaScheduler": "schedulers.scheduling_flow_match_euler_maruyama",
+    "LevelCacheConfig": "models.level_cache",
     "MPDiTPipeline": "pipelines.pipeline_mpdit",
     "MPDiTTransformer2DModel": "models.transformer_mpdit",
     "PRESETS": "models.presets",

@@ -148,9 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def open_pipeline(model: str, device: str | None = None, dtype: str = "float32", lora=None, lora_scale=1.0):
+def open_pipeline(
+    model: str, device: str | None = None, dtype: str = "float32", lora=None, lora_scale=1.0, cache=None
+):
     try:
-        return load_pipeline(model, device, dtype, lora, lora_scale)
+        return load_pipeline(model, device, dtype, lora, lora_scale, cache)
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -212,7 +214,7 @@ def generate_grid(args, command: argparse.ArgumentParser) -> int:
     if not os.path.isdir(folder):
         raise CommandError(f"-o {args.output!r}: the folder {folder!r} does not exist")
 
-    pipe = open_pipeline(args.model, config.device, config.dtype, config.lora, config.lora_scale)
+    pipe = open_pipeline(args.model, config.device, config.dtype, config.lora, config.lora_scale, config.cache)
     pipe.scheduler = config.make_scheduler(pipe.scheduler.config)
     class_ids = resolve_classes(pipe, args.classes)
     requests = [class_id for class_id in class_ids for _ in range(args.num_images)]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .arguments import integer, number
+from .caches import CACHE_FORMS, parse_cache
 from .data import BUNDLED_MODEL, BUNDLED_MODEL_NAME
 from .paths import looks_like_local_path
 from .pipelines.guidance import check_guidance_interval, check_guidance_scale
@@ -236,6 +237,8 @@ class SamplingConfig:
         lora (`str`, *optional*): A LoRA to load into the pipeline (`load_lora_weights`): a folder, a file or a Hub
             repo id; its new classes join the pipeline's.
         lora_scale (`float`, defaults to 1.0): The LoRA's weight (0: the base model).
+        cache (`str`, *optional*): A training-free cache by name and setting, e.g. `level:3` or `fbc:0.1`
+            (`diffusers_mpdit.caches`); None: no cache.
     """
 
     scheduler: str = "euler"
@@ -250,6 +253,7 @@ class SamplingConfig:
     last_step_size: float = 0.04
     lora: str | None = None
     lora_scale: float = 1.0
+    cache: str | None = None
 
     def validate(self, names: Mapping[str, str] | None = None) -> SamplingConfig:
         """Raises a one-line ValueError naming the first bad field (by `names[field]`, e.g. a command-line flag).
@@ -296,6 +300,8 @@ class SamplingConfig:
             raise ValueError(
                 f"{name('lora')} {self.lora!r}: no such file or folder (give a LoRA file, folder or Hub id)"
             )
+        if self.cache is not None:
+            parse_cache(self.cache, name("cache"))
         return self
 
     def check_image_count(self, count: int, names: Mapping[str, str] | None = None) -> None:
@@ -363,6 +369,8 @@ class SamplingConfig:
             }
         if self.lora is not None:
             settings |= {"lora": lora_identity(self.lora), "lora_scale": self.lora_scale}
+        if self.cache is not None:
+            settings["cache"] = str(parse_cache(self.cache))
         return settings
 
     def describe(self, pipe: MPDiTPipeline) -> str:
@@ -379,7 +387,8 @@ class SamplingConfig:
         if s["guidance_interval"] is not None:
             guidance += " for t in [{:g}, {:g}]".format(*s["guidance_interval"])
         lora = f", LoRA {s['lora']} at {s['lora_scale']:g}" if "lora" in s else ""
-        return f"{sampler}, {s['steps']} steps, {guidance}, seed {s['seed']}{lora}"
+        cache = f", cache {s['cache']}" if "cache" in s else ""
+        return f"{sampler}, {s['steps']} steps, {guidance}, seed {s['seed']}{lora}{cache}"
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> SamplingConfig:
@@ -428,6 +437,7 @@ FLAGS = {
         "last_step_size": "--last-step-size",
         "lora": "--lora",
         "lora_scale": "--lora-scale",
+        "cache": "--cache",
     },
     "underscore": {
         "scheduler": "--scheduler",
@@ -442,6 +452,7 @@ FLAGS = {
         "last_step_size": "--last_step_size",
         "lora": "--lora",
         "lora_scale": "--lora_scale",
+        "cache": "--cache",
     },
 }
 
@@ -480,6 +491,7 @@ def add_sampling_arguments(
         "lora": "a LoRA to load (MPDiTPipeline.load_lora_weights): a folder, a .safetensors file or a Hub id; "
         "the classes it adds can be named like the model's own",
         "lora_scale": f"the LoRA's weight, 0 = the base model (default {default.lora_scale:g})",
+        "cache": f"a training-free cache, NAME:SETTING: {CACHE_FORMS} (default: none)",
     }
     types: dict[str, Any] = {
         "steps": integer(),
@@ -502,6 +514,7 @@ def add_sampling_arguments(
         "last_step_size": "H",
         "lora": "PATH_OR_REPO",
         "lora_scale": "S",
+        "cache": "NAME:SETTING",
     }
     for field in FLAGS["dash"]:
         if field in exclude:
@@ -561,7 +574,12 @@ def lora_identity(lora: str) -> str:
 
 
 def load_pipeline(
-    model: str, device: str | None = None, dtype: str = "float32", lora: str | None = None, lora_scale: float = 1.0
+    model: str,
+    device: str | None = None,
+    dtype: str = "float32",
+    lora: str | None = None,
+    lora_scale: float = 1.0,
+    cache: str | None = None,
 ):
     """`MPDiTPipeline.from_pretrained` for front ends, and a LoRA if given: one-line errors naming the model, the
     LoRA or the device.
@@ -572,6 +590,7 @@ def load_pipeline(
         dtype (`str`): One of `DTYPES`.
         lora (`str`, *optional*): A LoRA folder, file or Hub repo id, loaded as the adapter `"lora"`.
         lora_scale (`float`, defaults to 1.0): Its weight (`set_adapters`).
+        cache (`str`, *optional*): A cache spec (`diffusers_mpdit.caches.parse_cache`), enabled on the transformer.
     """
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -593,6 +612,11 @@ def load_pipeline(
             raise ValueError(f"lora {lora!r}: cannot load it: {one_line(error)}") from None
         if lora_scale != 1:
             pipe.set_adapters(["lora"], adapter_weights=[lora_scale])
+    if cache is not None:
+        try:
+            pipe.transformer.enable_cache(parse_cache(cache).make_config(pipe))
+        except ValueError as error:
+            raise ValueError(f"cache {cache!r}: {one_line(error)}") from None
     device = device or default_device()
     try:
         return pipe.to(device)

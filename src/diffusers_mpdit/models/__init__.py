@@ -1,5 +1,6 @@
 from .attention_mpdit import MPDiTAttention, MPDiTAttnProcessor
 from .embeddings import ClassTokenEmbedding, FNOTimestepEmbedding, MLPTimestepEmbedding
+from .level_cache import LevelCacheConfig
 from .official_layout import ConversionError, UnreadableCheckpointError
 from .presets import PRESETS
 from .transformer_mpdit import MPDiTTransformer2DModel
@@ -9,6 +10,7 @@ __all__ = [
     "ClassTokenEmbedding",
     "ConversionError",
     "FNOTimestepEmbedding",
+    "LevelCacheConfig",
     "MLPTimestepEmbedding",
     "MPDiTAttention",
     "MPDiTAttnProcessor",

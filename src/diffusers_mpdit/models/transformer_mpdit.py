@@ -18,8 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks import HookRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -28,6 +30,7 @@ from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
 from .attention_mpdit import MPDiTAttention
+from .cache_support import apply_mpdit_cache, register_block_metadata, remove_mpdit_cache
 from .embeddings import (
     ClassTokenEmbedding,
     FNOTimestepEmbedding,
@@ -85,6 +88,31 @@ class MPDiTBlock(nn.Module):
             _modulate(self.norm1(hidden_states), shift_msa, scale_msa)
         )
         return hidden_states + gate_mlp * self.ff(_modulate(self.norm2(hidden_states), shift_mlp, scale_mlp))
+
+
+class MPDiTLevel(nn.Module):
+    """One level of the hierarchy: its blocks, run in order on one token grid.
+
+    A level owns no weights. Its blocks stay in the model's flat `transformer_blocks` list (the official layout, and
+    what offloading and `device_map` see) and are passed in; the level is the module a cache hooks to reuse a whole
+    level's work across steps.
+
+    Args:
+        index (`int`): The level's place in the hierarchy, 0 being the coarsest (global) level.
+    """
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        for block in blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states, conditioning)
+            else:
+                hidden_states = block(hidden_states, conditioning)
+        return hidden_states
 
 
 class MPDiTUpsampler(nn.Module):
@@ -187,7 +215,9 @@ def _patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
     )
 
 
-class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin, FromOfficialCheckpointMixin):
+class MPDiTTransformer2DModel(
+    ModelMixin, AttentionMixin, CacheMixin, ConfigMixin, PeftAdapterMixin, FromOfficialCheckpointMixin
+):
     """MPDiT, a class-conditional flow-matching transformer that runs on a hierarchy of patch sizes.
 
     The hierarchy is a list of levels, coarse to fine: level `i` runs `depths[i]` blocks on a grid of
@@ -271,6 +301,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapt
         self.transformer_blocks = nn.ModuleList(
             [MPDiTBlock(dim, num_attention_heads, mlp_ratio, per_block) for _ in range(sum(depths))]
         )
+        self.levels = nn.ModuleList([MPDiTLevel(i) for i in range(len(depths))])
         self.upsamplers = nn.ModuleList(
             [MPDiTUpsampler(dim, coarse // fine) for coarse, fine in zip(patch_sizes[:-1], patch_sizes[1:])]
         )
@@ -400,6 +431,40 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapt
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
+    def enable_cache(self, config: Any) -> None:
+        """Turns on a training-free cache, diffusers' way; `MPDiTPipeline` runs every call in a cache context.
+
+        Supported: [`LevelCacheConfig`] (MPDiT's own: reuse the global level across steps), `FirstBlockCacheConfig`
+        (applied per level: a level's first block decides whether the rest of that level reruns),
+        `TaylorSeerCacheConfig` and `PyramidAttentionBroadcastConfig` (per attention layer, as diffusers applies them;
+        give PAB `current_timestep_callback=lambda: pipe.current_timestep`). MagCache, FasterCache, SeaCache and
+        TextKVCache are refused in one line that says why.
+
+        Args:
+            config: The cache's config.
+
+        Raises:
+            ValueError: for a cache MPDiT cannot run, or when a cache is already enabled.
+        """
+        if self.is_cache_enabled:
+            raise ValueError(
+                f"A cache is already enabled ({type(self._cache_config).__name__}): call `disable_cache()` first."
+            )
+        if apply_mpdit_cache(self, config):
+            # New block hooks stale any child-registry list an earlier `cache_context` built.
+            HookRegistry.check_if_exists_or_initialize(self).invalidate_child_registries_cache()
+            self._cache_config = config
+        else:
+            super().enable_cache(config)
+
+    def disable_cache(self) -> None:
+        """Removes the enabled cache's hooks (diffusers' `disable_cache`, plus the level cache's)."""
+        if self._cache_config is not None and remove_mpdit_cache(self, self._cache_config):
+            HookRegistry.check_if_exists_or_initialize(self).invalidate_child_registries_cache()
+            self._cache_config = None
+        else:
+            super().disable_cache()
+
     @property
     def hidden_size(self) -> int:
         """Token width, `num_attention_heads * attention_head_dim`."""
@@ -481,11 +546,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapt
                     spatial = spatial + self.skip_embeds[level - 1](sample)
                 spatial = spatial + self._pos_embed(grid_h, grid_w, spatial.device, spatial.dtype)
                 hidden_states = torch.cat([prefix, spatial], dim=1)
-            for block in blocks:
-                if torch.is_grad_enabled() and self.gradient_checkpointing:
-                    hidden_states = self._gradient_checkpointing_func(block, hidden_states, conditioning)
-                else:
-                    hidden_states = block(hidden_states, conditioning)
+            hidden_states = self.levels[level](hidden_states, conditioning, blocks)
 
         # Output: final layer on image tokens, then unpatchify (token (h, w) channels read as (p, q, c)).
         hidden_states = self.final_layer(hidden_states[:, num_prefix_tokens:], conditioning)
@@ -536,6 +597,7 @@ class MPDiTTransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapt
         return timestep, class_labels
 
 
+register_block_metadata(MPDiTBlock)
 # `config.json` names the entry point in `auto_map`, for `AutoModel.from_pretrained(..., trust_remote_code=True)`.
 MPDiTTransformer2DModel.register_for_auto_class("AutoModel")
 

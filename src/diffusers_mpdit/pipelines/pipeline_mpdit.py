@@ -5,6 +5,7 @@ This module path is recorded in saved pipelines' `model_index.json`: never move 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import HubMixin, MPDiTLoraLoaderMixin, RemoteCodeMixin
 from ..models import new_classes
+from ..models.level_cache import CFG_CONTEXT
 from ..models.transformer_mpdit import MPDiTTransformer2DModel
 from .class_names import ClassNames
 from .guidance import check_guidance_interval, check_guidance_scale
@@ -199,6 +201,12 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        """The scheduler timestep (0-1000 scale) of the step being run; None outside a call. Caches such as Pyramid
+        Attention Broadcast read it through `current_timestep_callback=lambda: pipe.current_timestep`."""
+        return getattr(self, "_current_timestep", None)
 
     @property
     def interrupt(self) -> bool:
@@ -418,6 +426,14 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
         in_channels = config.in_channels
         # Only when given: a transformer wrapper (an offloading or testing one) need not know the argument.
         transformer_kwargs = {"attention_kwargs": attention_kwargs} if attention_kwargs is not None else {}
+        # Caches keep their state per context: unguided steps run in "cond", guided ones (a [cond, uncond] batch) in
+        # CFG_CONTEXT. Every state starts cold at each call and wherever the batch layout changes (a guidance
+        # interval's edge), so nothing leaks between calls, images or layouts.
+        cache_context = getattr(self.transformer, "cache_context", None)
+        reset_cache = getattr(self.transformer, "_reset_stateful_cache", None)
+        if reset_cache is not None:
+            reset_cache()
+        previous_context = None
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -432,9 +448,22 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
                     model_input = scale_model_input(model_input, t)
                 model_t = (t.float() / self.scheduler.config.num_train_timesteps).expand(model_input.shape[0])
                 labels = cfg_ids if guided else class_ids
-                velocity = self.transformer(
-                    model_input.to(model_dtype), model_t, labels, return_dict=False, **transformer_kwargs
-                )[0]
+                self._current_timestep = t
+                context_name = CFG_CONTEXT if guided else "cond"
+                if reset_cache is not None and previous_context not in (None, context_name):
+                    reset_cache()
+                previous_context = context_name
+                context = (
+                    cache_context(
+                        context_name, step_index=i, num_inference_steps=len(timesteps), timestep=t, sigma=flow_t
+                    )
+                    if cache_context is not None
+                    else contextlib.nullcontext()
+                )
+                with context:
+                    velocity = self.transformer(
+                        model_input.to(model_dtype), model_t, labels, return_dict=False, **transformer_kwargs
+                    )[0]
                 velocity = velocity[:, :in_channels].float()  # "joint" models predict extra channels
                 if guided:
                     cond, uncond = velocity.chunk(2)
@@ -450,6 +479,7 @@ class MPDiTPipeline(RemoteCodeMixin, HubMixin, MPDiTLoraLoaderMixin, DiffusionPi
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
 
+        self._current_timestep = None
         if output_type == "latent":
             image = latents
         else:
