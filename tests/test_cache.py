@@ -21,6 +21,7 @@ from diffusers.hooks import (
 )
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.models.cache_utils import CacheMixin
+from test_space import load_app
 
 from diffusers_mpdit import LevelCacheConfig
 from diffusers_mpdit.caches import parse_cache
@@ -318,3 +319,33 @@ def test_cache_spec_front_end_pieces(pipe):
     with pytest.raises(ValueError, match="--cache 'nope:1'"):
         SamplingConfig(cache="nope:1").validate({"cache": "--cache"})
     assert math.isclose(parse_cache("level-adaptive:0.05").value, 0.05)
+
+
+def test_front_ends_enable_the_cache_through_the_sampling_configuration(tmp_path, capsys):
+    from conftest import run_in_process, tiny_pipeline
+
+    from diffusers_mpdit.cli import main as cli_main
+    from diffusers_mpdit.sampling import load_pipeline
+
+    saved = tiny_pipeline(with_vae=False, depths=(3, 3), sample_size=16)
+    saved.save_pretrained(tmp_path / "model")
+    loaded = load_pipeline(str(tmp_path / "model"), "cpu", cache="level:2,uncond=2")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.transformer._cache_config == LevelCacheConfig(every=2, uncond_every=2)
+    saved.transformer.enable_cache(LevelCacheConfig(every=2, uncond_every=2))
+    assert torch.equal(sample(loaded), sample(saved))
+    with pytest.raises(ValueError, match="^cache 'mag:1'"):
+        load_pipeline(str(tmp_path / "model"), "cpu", cache="mag:1")
+
+    out = tmp_path / "grid.png"
+    argv = ["generate", "--model", tmp_path / "model", "--steps", "3", "-o", out]
+    code, _, err = run_in_process(cli_main, [*argv, "--cache", "fbc:0.1"], capsys)
+    assert code == 0 and out.is_file(), err
+    code, _, err = run_in_process(cli_main, [*argv, "--cache", "level:two"], capsys)
+    assert code == 2 and "--cache 'level:two': the setting must be an integer" in err
+    assert len(err.strip().splitlines()) == 1
+
+    app = load_app()
+    pipe = app.load(str(tmp_path / "model"), "cpu", cache="level:3")
+    assert isinstance(pipe.transformer._cache_config, LevelCacheConfig)
+    assert "with the cache `level:3`" in app.describe_model(pipe, str(tmp_path / "model"), cache="level:3")

@@ -21,6 +21,7 @@ LAYERS = (
     ("loaders",),
     ("pipelines",),
     ("convert",),
+    ("caches",),
     ("sampling",),
     ("training",),
     ("evaluation",),

@@ -181,6 +181,20 @@ def test_a_lora_is_recorded_in_the_settings_and_a_resume_without_it_is_refused(m
     assert code != 0 and f"lora: '{(tmp_path / 'lora').resolve()}' -> None" in err
 
 
+def test_a_cache_is_recorded_in_the_settings_and_a_resume_without_it_is_refused(model_dir, tmp_path, capsys):
+    import sample_fid
+
+    args = sample_args(model_dir, tmp_path / "out", num_samples=4, batch_size=4, num_inference_steps=4)
+    code, _, err = run_in_process(sample_fid.main, [*args, "--cache", "level:0"], capsys)
+    assert code != 0 and "--cache 'level:0'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_in_process(sample_fid.main, [*args, "--cache", "level:2"], capsys)
+    assert code == 0, err
+    settings = json.loads((tmp_path / "out" / "sampling_settings.json").read_text())
+    assert settings["cache"] == "level:2"
+    code, _, err = run_in_process(sample_fid.main, args, capsys)
+    assert code != 0 and "cache: 'level:2' -> None" in err
+
+
 def test_help_shows_the_commands_as_written(capsys):
     import sample_fid
 

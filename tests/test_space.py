@@ -240,6 +240,7 @@ def test_the_estimate_counts_the_evaluations_a_generation_makes(space, pipe, req
         (["--max-queue", "-1"], "argument --max-queue: expected an integer >= 1, got -1"),
         (["--model", "/does/not/exist"], "model '/does/not/exist': no such folder"),
         (["--lora", "/no/lora"], "--lora '/no/lora': no such file or folder"),
+        (["--cache", "fast:2"], "--cache 'fast:2': unknown cache"),
     ],
 )
 def test_bad_command_line_values_stop_with_one_line(argv, expected, monkeypatch, capsys):
