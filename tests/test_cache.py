@@ -349,3 +349,21 @@ def test_front_ends_enable_the_cache_through_the_sampling_configuration(tmp_path
     pipe = app.load(str(tmp_path / "model"), "cpu", cache="level:3")
     assert isinstance(pipe.transformer._cache_config, LevelCacheConfig)
     assert "with the cache `level:3`" in app.describe_model(pipe, str(tmp_path / "model"), cache="level:3")
+
+
+def test_caches_run_around_compiled_blocks_and_in_a_compiled_model(pipe):
+    import torch._dynamo
+
+    model = pipe.transformer
+    model.enable_cache(LevelCacheConfig(every=2))
+    expected = sample(pipe)
+    torch._dynamo.reset()
+    try:
+        # The eager backend traces as inductor would, without its compile time.
+        pipe.transformer = torch.compile(model, backend="eager")
+        torch.testing.assert_close(sample(pipe), expected, rtol=0, atol=1e-6)
+        pipe.transformer = model
+        model.compile_repeated_blocks(backend="eager", fullgraph=True)
+        torch.testing.assert_close(sample(pipe), expected, rtol=0, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
