@@ -89,7 +89,6 @@ class LevelCacheState(BaseState):
         self.residual: torch.Tensor | None = None
         self.reference: torch.Tensor | None = None
         self.reference_conditioning: torch.Tensor | None = None
-        self.recomputes = 0
 
 
 class LevelCacheHook(ModelHook):
@@ -133,7 +132,6 @@ class LevelCacheHook(ModelHook):
                 state.reference_conditioning = conditioning
                 output = torch.cat([cond, hidden_states[half:] + state.residual[half:]])
             state.last_recompute = call
-            state.recomputes += 1
             return output
         return hidden_states + state.residual
 
@@ -141,22 +139,24 @@ class LevelCacheHook(ModelHook):
     def _due(self, state: LevelCacheState, call: int, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> bool:
         if self.config.every is not None:
             return call - state.last_recompute >= self.config.every
-        change = max(
-            _relative_change(hidden_states, state.reference),
-            _relative_change(conditioning, state.reference_conditioning),
+        # One host sync for both signals.
+        changes = torch.stack(
+            [
+                _relative_change(hidden_states, state.reference),
+                _relative_change(conditioning, state.reference_conditioning),
+            ]
         )
-        return change > self.config.threshold
+        return changes.max().item() > self.config.threshold
 
     def reset_state(self, module: nn.Module) -> nn.Module:
         self.state_manager.reset()
         return module
 
 
-def _relative_change(current: torch.Tensor, reference: torch.Tensor) -> float:
-    if current.shape != reference.shape:
-        return float("inf")
+def _relative_change(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    # Same shapes always: a state of another batch shape is cold and never gets here.
     reference = reference.float()
-    return ((current.float() - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12)).item()
+    return (current.float() - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12)
 
 
 def apply_level_cache(model: nn.Module, config: LevelCacheConfig) -> None:
