@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import LoggerType, ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import DistributedType, LoggerType, ProjectConfiguration, broadcast, set_seed
 from diffusers import AutoencoderKL
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
@@ -66,15 +66,20 @@ from diffusers_mpdit.training import (
     drop_unreadable_images,
     ema_warning,
     flow_matching_loss,
+    gathered_ema,
     image_folder_classes,
     list_checkpoints,
     load_ema,
+    load_ema_state,
     load_image_dataset,
     load_trainable_state_dict,
     normalize_latents,
     optimizer_groups,
+    parameter_names,
+    parameters_by_name,
     sample_flow_times,
     save_checkpoint,
+    save_ema,
     save_lora,
     step_generator,
     trainable_state_dict,
@@ -454,6 +459,24 @@ def train(args: argparse.Namespace) -> None:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if args.lora_rank is not None and accelerator.distributed_type == DistributedType.FSDP:
+        # The LoRA's EMA and validation copies deep-copy the model, which needs whole parameters.
+        raise SystemExit(
+            "error: --lora_rank: a LoRA run does not support FSDP; use data parallel or DeepSpeed ZeRO-2 "
+            "(examples/accelerate_deepspeed_zero2.yaml), which keep whole parameters on every process"
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed clips and accumulates by its own config, and Accelerate then ignores the script's values.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        for key, flag, value in (
+            ("gradient_clipping", "--max_grad_norm", args.max_grad_norm or 0.0),
+            ("gradient_accumulation_steps", "--gradient_accumulation_steps", args.gradient_accumulation_steps),
+        ):
+            if ds_config.get(key, "auto") not in ("auto", value):
+                raise SystemExit(
+                    f"error: {flag} {value} differs from the DeepSpeed config's {key} {ds_config[key]}; "
+                    "DeepSpeed applies its own, so make them equal"
+                )
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.ERROR)
     set_seed(args.seed)
@@ -545,20 +568,17 @@ def train(args: argparse.Namespace) -> None:
         trainable = list(model.parameters())
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    ema = EMAModel(
-        trainable,
-        decay=args.ema_decay,
-        min_decay=args.ema_decay,  # a constant decay, as the official recipe (diffusers would otherwise ramp it up)
-        # A LoRA's EMA covers the adapter and new rows only: it is saved as a state dict, not as a model.
-        **({} if lora else {"model_cls": MPDiTTransformer2DModel, "model_config": model.config}),
-    )
+    # Under FSDP, `prepare` replaces every parameter with a sharded one: the EMA is built after it, on these names.
+    trainable_names = parameter_names(model, trainable)
+    ema = None
 
     def unwrap(m):
         m = accelerator.unwrap_model(m)
         return m._orig_mod if is_compiled_module(m) else m
 
     def save_hook(models, weights, directory):
-        if accelerator.is_main_process:
+        # Under FSDP and DeepSpeed, Accelerate has written the model itself (sharded) and passes no `weights`.
+        if accelerator.is_main_process and weights:
             for m in models:
                 if lora:
                     lora_dir = Path(directory) / "transformer_lora"
@@ -568,17 +588,15 @@ def train(args: argparse.Namespace) -> None:
                 else:
                     unwrap(m).save_pretrained(os.path.join(directory, "transformer"))
                 weights.pop()
-            if not lora:
-                ema.save_pretrained(os.path.join(directory, "transformer_ema"))
+        if not lora:  # every process: a sharded EMA is gathered first
+            save_ema(ema, os.path.join(directory, "transformer_ema"), accelerator.is_main_process)
 
     def load_hook(models, directory):
         if lora:
-            ema.load_state_dict(torch.load(Path(directory) / "transformer_lora" / EMA_FILE, weights_only=True))
+            saved = torch.load(Path(directory) / "transformer_lora" / EMA_FILE, weights_only=True)
         else:
-            ema.load_state_dict(
-                load_ema(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel).state_dict()
-            )
-        ema.to(accelerator.device)
+            saved = load_ema(os.path.join(directory, "transformer_ema"), MPDiTTransformer2DModel).state_dict()
+        load_ema_state(ema, saved, trainable)
         for _ in range(len(models)):
             target = unwrap(models.pop())
             if lora:
@@ -618,7 +636,14 @@ def train(args: argparse.Namespace) -> None:
     if args.compile:
         model = torch.compile(model)
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    ema.to(accelerator.device)
+    trainable = parameters_by_name(unwrap(model), trainable_names)
+    ema = EMAModel(
+        trainable,
+        decay=args.ema_decay,
+        min_decay=args.ema_decay,  # a constant decay, as the official recipe (diffusers would otherwise ramp it up)
+        # A LoRA's EMA covers the adapter and new rows only: it is saved as a state dict, not as a model.
+        **({} if lora else {"model_cls": MPDiTTransformer2DModel, "model_config": unwrap(model).config}),
+    )
     if vae is not None:
         vae.to(accelerator.device)
 
@@ -662,19 +687,25 @@ def train(args: argparse.Namespace) -> None:
     validation_classes = args.validation_class_ids
     label_ids = torch.tensor(label_map)  # data id -> model id
 
-    def ema_pipeline():
-        if lora:
-            return lora_pipeline(
+    def ema_pipeline() -> MPDiTPipeline | None:
+        """The EMA weights as a pipeline, on the main process (None elsewhere). Call it on every process: a sharded
+        EMA is gathered first."""
+        with gathered_ema(ema):
+            if not accelerator.is_main_process:
+                return None
+            if lora:
+                return lora_pipeline(
+                    unwrap(model), ema, vae_source, latent_config, model_id2label, args.pretrained_model_name_or_path
+                )
+            return final_pipeline(
                 unwrap(model), ema, vae_source, latent_config, model_id2label, args.pretrained_model_name_or_path
             )
-        return final_pipeline(
-            unwrap(model), ema, vae_source, latent_config, model_id2label, args.pretrained_model_name_or_path
-        )
 
     def grid(step: int, pipeline: MPDiTPipeline | None = None, name: str | None = None):
+        pipeline = pipeline or ema_pipeline()
         if not accelerator.is_main_process:
             return None
-        return sample_grid(args, accelerator, pipeline or ema_pipeline(), validation_classes, step, name)
+        return sample_grid(args, accelerator, pipeline, validation_classes, step, name)
 
     progress = tqdm(
         total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
@@ -765,7 +796,7 @@ def train(args: argparse.Namespace) -> None:
     progress.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and lora:
+    if lora and accelerator.is_main_process:
         save_lora(ema_transformer(unwrap(model), ema), output_dir, new_class_ids, model_id2label)
         # The grid comes from the saved file through load_lora_weights, as a user would load it.
         pipeline = pretrained_pipeline(args.pretrained_model_name_or_path, vae_source, latent_config, base_names)
@@ -774,13 +805,14 @@ def train(args: argparse.Namespace) -> None:
         logger.info(f"Saved the LoRA (EMA weights) to {output_dir / 'pytorch_lora_weights.safetensors'}")
         if args.push_to_hub:
             push_lora(args, unwrap(model), final_grid, len(dataset), len(id2label), global_step, total, new_names)
-    elif accelerator.is_main_process:
-        pipeline = ema_pipeline()
-        save_pretrained_atomically(pipeline, output_dir, merge=True)
-        final_grid = grid(global_step, pipeline, name="final")
-        logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
-        if args.push_to_hub:
-            push(args, pipeline, final_grid, len(dataset), global_step, total)
+    elif not lora:
+        pipeline = ema_pipeline()  # on every process: a sharded EMA is gathered
+        if accelerator.is_main_process:
+            save_pretrained_atomically(pipeline, output_dir, merge=True)
+            final_grid = grid(global_step, pipeline, name="final")
+            logger.info(f"Saved the pipeline (EMA weights) to {output_dir}")
+            if args.push_to_hub:
+                push(args, pipeline, final_grid, len(dataset), global_step, total)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

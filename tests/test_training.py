@@ -156,7 +156,8 @@ def launch(script, flags, launcher="accelerate", nproc=1, check=True, **popen):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", script]
     elif launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), script]
+        # --standalone: a free rendezvous port, so that other torchrun tests may run beside this one.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), script]
     else:
         cmd = [sys.executable, script]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

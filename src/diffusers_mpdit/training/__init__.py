@@ -1,8 +1,17 @@
 """Training helpers shared by the example scripts and the tests: data, the flow-matching objective, latent
-normalisation and caches, checkpoints, LoRA."""
+normalisation and caches, checkpoints, LoRA, sharding."""
 
 from ..pipelines.latents import denormalize_latents, normalize_latents
-from .checkpoints import CHECKPOINT_FILES, LORA_CHECKPOINT_FILES, check_checkpoint, list_checkpoints, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT_FILES,
+    DEEPSPEED_CHECKPOINT_FILES,
+    FSDP_CHECKPOINT_FILES,
+    LORA_CHECKPOINT_FILES,
+    check_checkpoint,
+    checkpoint_layout,
+    list_checkpoints,
+    save_checkpoint,
+)
 from .data import (
     EpochSampler,
     ImageTransform,
@@ -34,9 +43,21 @@ from .lora import (
     save_lora,
     trainable_state_dict,
 )
+from .sharding import (
+    full_state_dict,
+    gathered_ema,
+    is_sharded,
+    load_ema_state,
+    parameter_names,
+    parameters_by_name,
+    save_ema,
+    shard_transformer,
+)
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "DEEPSPEED_CHECKPOINT_FILES",
+    "FSDP_CHECKPOINT_FILES",
     "LORA_CHECKPOINT_FILES",
     "LORA_TARGET_MODULES",
     "WEIGHTING_SCHEMES",
@@ -48,6 +69,7 @@ __all__ = [
     "UnreadableImageError",
     "center_crop_arr",
     "check_checkpoint",
+    "checkpoint_layout",
     "collate",
     "decode_image",
     "denormalize_latents",
@@ -56,17 +78,25 @@ __all__ = [
     "ema_initial_weight",
     "ema_warning",
     "flow_matching_loss",
+    "full_state_dict",
+    "gathered_ema",
     "image_folder_classes",
+    "is_sharded",
     "image_to_tensor",
     "list_checkpoints",
     "load_ema",
+    "load_ema_state",
     "load_image_dataset",
     "load_trainable_state_dict",
     "normalize_latents",
     "optimizer_groups",
     "pad_to",
+    "parameter_names",
+    "parameters_by_name",
     "sample_flow_times",
+    "shard_transformer",
     "save_checkpoint",
+    "save_ema",
     "save_lora",
     "step_generator",
     "trainable_state_dict",

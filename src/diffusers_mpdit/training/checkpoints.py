@@ -11,16 +11,22 @@ from pathlib import Path
 
 from diffusers_mpdit.atomic import replace_path
 
-_STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "training_state.json")
+_RUN_STATE = ("scheduler.bin", "random_states_0.pkl", "training_state.json")
+_STATE_FILES = ("optimizer.bin", *_RUN_STATE)
+_EMA_FILES = ("transformer_ema/config.json", "transformer_ema/diffusion_pytorch_model.safetensors")
 CHECKPOINT_FILES = (
     "transformer/config.json",
     "transformer/diffusion_pytorch_model.safetensors",
-    "transformer_ema/config.json",
-    "transformer_ema/diffusion_pytorch_model.safetensors",
+    *_EMA_FILES,
     *_STATE_FILES,
 )
 # A LoRA run saves only what trains (the adapter and the new class rows) and their EMA.
 LORA_CHECKPOINT_FILES = ("transformer_lora/trainable.safetensors", "transformer_lora/ema.pt", *_STATE_FILES)
+# Under FSDP (sharded state dict) Accelerate writes the model and the optimizer shards with torch.distributed.checkpoint;
+# the EMA is gathered and written whole.
+FSDP_CHECKPOINT_FILES = ("pytorch_model_fsdp_0/.metadata", "optimizer_0/.metadata", *_EMA_FILES, *_RUN_STATE)
+# Under DeepSpeed, Accelerate has DeepSpeed write the model and its optimizer partitions into `pytorch_model/`.
+DEEPSPEED_CHECKPOINT_FILES = ("pytorch_model/mp_rank_00_model_states.pt", *_EMA_FILES, *_RUN_STATE)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -35,6 +41,22 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def checkpoint_layout(path: str | os.PathLike) -> tuple[str, ...]:
+    """The files a complete checkpoint of this kind holds: a LoRA run's, an FSDP or DeepSpeed run's, or a full one.
+
+    Args:
+        path (`str` or `os.PathLike`): A `checkpoint-<step>` folder.
+    """
+    path = Path(path)
+    if (path / "transformer_lora").is_dir():
+        return LORA_CHECKPOINT_FILES
+    if (path / "pytorch_model_fsdp_0").is_dir():
+        return FSDP_CHECKPOINT_FILES
+    if (path / "pytorch_model").is_dir():
+        return DEEPSPEED_CHECKPOINT_FILES
+    return CHECKPOINT_FILES
+
+
 def check_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint's `training_state.json` (`global_step`, `train_seconds`), or an error naming what is missing.
 
@@ -44,7 +66,7 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} is not a folder.")
-    expected = LORA_CHECKPOINT_FILES if (path / "transformer_lora").is_dir() else CHECKPOINT_FILES
+    expected = checkpoint_layout(path)
     missing = [f for f in expected if not (path / f).is_file()]
     if missing:
         raise RuntimeError(f"Checkpoint {str(path)!r} is damaged or incomplete: missing {missing}.")
