@@ -465,7 +465,19 @@ def train(args: argparse.Namespace) -> None:
             "error: --lora_rank: a LoRA run does not support FSDP; use data parallel or DeepSpeed ZeRO-2 "
             "(examples/accelerate_deepspeed_zero2.yaml), which keep whole parameters on every process"
         )
+    if args.compile and accelerator.distributed_type == DistributedType.FSDP:
+        raise SystemExit(
+            "error: --compile: under FSDP the model must be compiled after sharding; let Accelerate do it "
+            "(`accelerate launch --dynamo_backend inductor ...`)"
+        )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if accelerator.mixed_precision != "no":
+            # DeepSpeed's bf16 and fp16 modes cast every weight, the FNO time embedding included, and run no autocast.
+            raise SystemExit(
+                f"error: --mixed_precision {accelerator.mixed_precision}: under DeepSpeed it casts the whole model, whose "
+                "FNO time embedding must stay float32; train in float32 (--allow_tf32 on GPUs) or with FSDP's bf16 "
+                "(examples/accelerate_fsdp.yaml)"
+            )
         # DeepSpeed clips and accumulates by its own config, and Accelerate then ignores the script's values.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         for key, flag, value in (
@@ -577,17 +589,18 @@ def train(args: argparse.Namespace) -> None:
         return m._orig_mod if is_compiled_module(m) else m
 
     def save_hook(models, weights, directory):
-        # Under FSDP and DeepSpeed, Accelerate has written the model itself (sharded) and passes no `weights`.
-        if accelerator.is_main_process and weights:
+        # Under FSDP and DeepSpeed, Accelerate has already written the model (sharded) and passes no `weights`.
+        if accelerator.is_main_process:
             for m in models:
                 if lora:
                     lora_dir = Path(directory) / "transformer_lora"
                     lora_dir.mkdir(exist_ok=True)
                     save_file(trainable_state_dict(unwrap(m)), str(lora_dir / TRAINABLE_FILE))
                     torch.save(ema.state_dict(), lora_dir / EMA_FILE)
-                else:
+                elif weights:
                     unwrap(m).save_pretrained(os.path.join(directory, "transformer"))
-                weights.pop()
+                if weights:
+                    weights.pop()
         if not lora:  # every process: a sharded EMA is gathered first
             save_ema(ema, os.path.join(directory, "transformer_ema"), accelerator.is_main_process)
 

@@ -4,7 +4,6 @@ normalisation and caches, checkpoints, LoRA, sharding."""
 from ..pipelines.latents import denormalize_latents, normalize_latents
 from .checkpoints import (
     CHECKPOINT_FILES,
-    DEEPSPEED_CHECKPOINT_FILES,
     FSDP_CHECKPOINT_FILES,
     LORA_CHECKPOINT_FILES,
     check_checkpoint,
@@ -56,7 +55,6 @@ from .sharding import (
 
 __all__ = [
     "CHECKPOINT_FILES",
-    "DEEPSPEED_CHECKPOINT_FILES",
     "FSDP_CHECKPOINT_FILES",
     "LORA_CHECKPOINT_FILES",
     "LORA_TARGET_MODULES",

@@ -14,6 +14,7 @@ from diffusers_mpdit.atomic import replace_path
 _RUN_STATE = ("scheduler.bin", "random_states_0.pkl", "training_state.json")
 _STATE_FILES = ("optimizer.bin", *_RUN_STATE)
 _EMA_FILES = ("transformer_ema/config.json", "transformer_ema/diffusion_pytorch_model.safetensors")
+_LORA_FILES = ("transformer_lora/trainable.safetensors", "transformer_lora/ema.pt")
 CHECKPOINT_FILES = (
     "transformer/config.json",
     "transformer/diffusion_pytorch_model.safetensors",
@@ -21,12 +22,13 @@ CHECKPOINT_FILES = (
     *_STATE_FILES,
 )
 # A LoRA run saves only what trains (the adapter and the new class rows) and their EMA.
-LORA_CHECKPOINT_FILES = ("transformer_lora/trainable.safetensors", "transformer_lora/ema.pt", *_STATE_FILES)
-# Under FSDP (sharded state dict) Accelerate writes the model and the optimizer shards with torch.distributed.checkpoint;
-# the EMA is gathered and written whole.
-FSDP_CHECKPOINT_FILES = ("pytorch_model_fsdp_0/.metadata", "optimizer_0/.metadata", *_EMA_FILES, *_RUN_STATE)
+LORA_CHECKPOINT_FILES = (*_LORA_FILES, *_STATE_FILES)
+# Under FSDP (sharded state dict) Accelerate writes the model and the optimizer with torch.distributed.checkpoint, one
+# `__<rank>_0.distcp` per process beside `.metadata`; the EMA is gathered and written whole.
+_FSDP_SHARDED = ("pytorch_model_fsdp_0", "optimizer_0")
+FSDP_CHECKPOINT_FILES = tuple(f"{d}/.metadata" for d in _FSDP_SHARDED) + (*_EMA_FILES, *_RUN_STATE)
 # Under DeepSpeed, Accelerate has DeepSpeed write the model and its optimizer partitions into `pytorch_model/`.
-DEEPSPEED_CHECKPOINT_FILES = ("pytorch_model/mp_rank_00_model_states.pt", *_EMA_FILES, *_RUN_STATE)
+_DEEPSPEED_FILES = ("pytorch_model/mp_rank_00_model_states.pt",)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -42,19 +44,23 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def checkpoint_layout(path: str | os.PathLike) -> tuple[str, ...]:
-    """The files a complete checkpoint of this kind holds: a LoRA run's, an FSDP or DeepSpeed run's, or a full one.
+    """The files a complete checkpoint holds: the weights (a full run's model and EMA, or a LoRA run's adapter and
+    EMA) and what saved the model and optimizer (Accelerate itself, FSDP's sharded writers, or DeepSpeed), for every
+    process that saved its random states.
 
     Args:
         path (`str` or `os.PathLike`): A `checkpoint-<step>` folder.
     """
     path = Path(path)
-    if (path / "transformer_lora").is_dir():
-        return LORA_CHECKPOINT_FILES
+    processes = max(1, len(list(path.glob("random_states_*.pkl"))))
+    states = tuple(f"random_states_{r}.pkl" for r in range(1, processes))
+    lora = _LORA_FILES if (path / "transformer_lora").is_dir() else None
     if (path / "pytorch_model_fsdp_0").is_dir():
-        return FSDP_CHECKPOINT_FILES
+        shards = tuple(f"{d}/__{r}_0.distcp" for d in _FSDP_SHARDED for r in range(processes))
+        return FSDP_CHECKPOINT_FILES + shards + states
     if (path / "pytorch_model").is_dir():
-        return DEEPSPEED_CHECKPOINT_FILES
-    return CHECKPOINT_FILES
+        return (*_DEEPSPEED_FILES, *(lora or _EMA_FILES), *_RUN_STATE, *states)
+    return (LORA_CHECKPOINT_FILES if lora else CHECKPOINT_FILES) + states
 
 
 def check_checkpoint(path: str | os.PathLike) -> dict:

@@ -53,7 +53,8 @@ def shard_transformer(model: nn.Module, **fully_shard_kwargs) -> nn.Module:
     names = set(getattr(model, "_no_split_modules", None) or ())
     if not names:
         raise ValueError(f"{type(model).__name__} names no `_no_split_modules` to shard by.")
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    # Innermost first, as Accelerate wraps, should a block class ever nest another.
+    blocks = [m for m in model.modules() if type(m).__name__ in names][::-1]
     for block in blocks:
         fully_shard(block, **fully_shard_kwargs)
     fully_shard(model, **fully_shard_kwargs)
@@ -144,8 +145,9 @@ def save_ema(ema, directory: str | os.PathLike, is_main_process: bool) -> None:
 
 
 def load_ema_state(ema, state_dict: dict, parameters: Iterable[torch.Tensor]) -> None:
-    """Loads a saved EMA's state (`EMAModel.state_dict()`, whole tensors) into `ema`, each shadow tensor placed like
-    its parameter in `parameters`: sharded the same way where the parameter is a `DTensor`, and on its device.
+    """Loads a saved EMA's state (`EMAModel.state_dict()`, whole tensors, on every process) into `ema`, each shadow
+    tensor placed like its parameter in `parameters`: sharded the same way where the parameter is a `DTensor`, and on
+    its device. The saved dtype is kept (an EMA stays float32 beside half-precision weights).
 
     Args:
         ema (`diffusers.training_utils.EMAModel`): The run's EMA.
@@ -156,13 +158,20 @@ def load_ema_state(ema, state_dict: dict, parameters: Iterable[torch.Tensor]) ->
 
     parameters = list(parameters)
     saved = state_dict.get("shadow_params")
-    if saved is not None and len(saved) != len(parameters):
-        raise ValueError(f"The saved EMA holds {len(saved)} tensors; the model has {len(parameters)} to average.")
+    if saved is not None:
+        if len(saved) != len(parameters):
+            raise ValueError(f"The saved EMA holds {len(saved)} tensors; the model has {len(parameters)} to average.")
+        for i, (s, p) in enumerate(zip(saved, parameters)):
+            if s.shape != p.shape:
+                raise ValueError(
+                    f"The saved EMA's tensor {i} has shape {tuple(s.shape)}; its parameter has {tuple(p.shape)}."
+                )
     ema.load_state_dict(state_dict)
     dtensor = _dtensor_class()
+    # Every process holds the whole saved tensor, so each keeps its own shard (src_data_rank=None): no scatter.
     ema.shadow_params = [
-        distribute_tensor(s.to(p.device, p.dtype), p.device_mesh, p.placements)
+        distribute_tensor(s.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
         if isinstance(p, dtensor)
-        else s.to(p.device, p.dtype)
+        else s.to(p.device)
         for s, p in zip(ema.shadow_params, parameters)
     ]
